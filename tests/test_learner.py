@@ -1,0 +1,128 @@
+"Tests of the training engine (moe_course.learner) on a tiny model: learning, seeds, resume, NaN stop, two processes."
+import json, math, os, subprocess, sys, textwrap
+from pathlib import Path
+import pytest, torch
+from moe_course.config import get_config, TrainConfig
+from moe_course.data import set_seed
+from moe_course.learner import TinyTextClassifier, synthetic_loaders, fit, classification_metrics, NonFiniteLoss
+
+ROOT = Path(__file__).resolve().parents[1]
+# metrics that must match between runs (timings and throughput differ)
+KEYS = ("train_loss", "train_acc", "valid_loss", "valid_acc", "valid_f1", "lr")
+
+def _run(tmp, epochs=4, resume=False, callbacks=(), model=None, **kw):
+    cfg = get_config("quick", epochs=epochs, lr=1e-2, patience=0, **kw)
+    set_seed(cfg.seed)
+    model = model or TinyTextClassifier()
+    return fit(model, synthetic_loaders(n_train=256, n_valid=96, n_test=96), cfg, out_dir=tmp, resume=resume,
+               callbacks=callbacks)
+
+def _metrics(res): return [[h[k] for k in KEYS] for h in res["history"]]
+
+def test_learns_and_writes_outputs(tmp_path):
+    res = _run(tmp_path)
+    h = res["history"]
+    assert res["status"] == "completed" and len(h) == 4
+    assert h[-1]["train_loss"] < h[0]["train_loss"] and h[-1]["valid_loss"] < h[0]["valid_loss"]
+    assert res["test"]["accuracy"] > 0.6  # chance is 0.5
+    for f in ("metrics.json", "curves.png", "last.pt"): assert (tmp_path / f).exists()
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["test"]["accuracy"] == res["test"]["accuracy"] and len(saved["history"]) == 4
+    assert (tmp_path / "curves.png").stat().st_size < 200_000
+    for k in ("tokens_per_s", "epoch_time_s", "valid_f1", "aux_loss", "lr"): assert k in h[0]
+
+def test_same_seed_same_metrics(tmp_path):
+    a, b = _run(tmp_path / "a", epochs=2), _run(tmp_path / "b", epochs=2)
+    assert _metrics(a) == _metrics(b) and a["test"] == b["test"]
+    c = _run(tmp_path / "c", epochs=2, seed=1)
+    assert _metrics(c) != _metrics(a)
+
+def test_resume_after_interruption(tmp_path):
+    full = _run(tmp_path / "full", scheduler="plateau", plateau_patience=0)
+    part = _run(tmp_path / "res", scheduler="plateau", plateau_patience=0, max_epochs_this_run=2)
+    assert part["status"] == "interrupted" and part["epochs_run"] == 2 and part["test"] is None
+    # a second interruption, this time by an exception raised from a callback (like a kill mid-run)
+    def boom(row):
+        if row["epoch"] == 3: raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt): _run(tmp_path / "res", scheduler="plateau", plateau_patience=0, resume=True, callbacks=[boom])
+    done = _run(tmp_path / "res", scheduler="plateau", plateau_patience=0, resume=True)
+    assert done["epochs_run"] == full["epochs_run"] == 4
+    assert _metrics(done) == _metrics(full) and done["test"] == full["test"]
+    # resuming a finished run trains no more epochs
+    again = _run(tmp_path / "res", scheduler="plateau", plateau_patience=0, resume=True)
+    assert again["epochs_run"] == 4 and again["test"] == full["test"]
+
+def test_resume_needs_out_dir():
+    with pytest.raises(ValueError, match="resume=True needs out_dir"):
+        fit(TinyTextClassifier(), synthetic_loaders(n_train=32, n_valid=32, n_test=32), get_config("quick"), resume=True)
+
+class NaNAfter(TinyTextClassifier):
+    "Returns NaN logits once `poisoned` is set."
+    poisoned = False
+    def forward(self, input_ids, attention_mask=None):
+        out = super().forward(input_ids, attention_mask)
+        return out * float("nan") if self.poisoned else out
+
+def test_nan_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    set_seed(0); m = NaNAfter()
+    def poison(row):
+        if row["epoch"] == 2: m.poisoned = True
+    res = _run(tmp_path, model=m, callbacks=[poison])
+    assert res["status"] == "non-finite" and res["epochs_run"] == 2 and res["test"] is None
+    assert "Stopped in epoch 3" in res["message"] and "nan" in res["message"] and "last good checkpoint" in res["message"]
+    assert "Stopped in epoch 3" in capsys.readouterr().out
+    ck = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert ck["epoch"] == 2 and all(torch.isfinite(v).all() for v in ck["model"].values())
+
+def test_classification_metrics():
+    m = classification_metrics(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 1, 0, 1]))
+    assert m["accuracy"] == 0.75 and math.isclose(m["f1_pos"], 0.8) and math.isclose(m["f1"], (2 / 3 + 0.8) / 2)
+    with pytest.raises(ValueError, match="predictions but"): classification_metrics(torch.tensor([0]), torch.tensor([0, 1]))
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="router='top2' is not one of"): get_config(router="top2")
+    with pytest.raises(TypeError, match="did you mean 'epochs'"): get_config(epoch=3)
+    with pytest.raises(ValueError, match="Unknown preset"): get_config("gpu-please")
+    with pytest.raises(ValueError, match="divisible by n_heads"): TrainConfig(d_model=30, n_heads=4)
+
+DDP_SCRIPT = textwrap.dedent('''
+    import json, sys
+    from accelerate import PartialState
+    from moe_course.config import get_config
+    from moe_course.data import set_seed
+    from moe_course.learner import TinyTextClassifier, synthetic_loaders, fit
+    from torch.utils.data import DataLoader
+    from moe_course.batching import LengthBucketSampler
+    cfg = get_config("quick", epochs=2, lr=1e-2, patience=0, num_experts=1)
+    set_seed(0)
+    dls = synthetic_loaders(n_train=250, n_valid=90, n_test=90)
+    tr = dls["train"].dataset  # length-bucketed batches: one short batch, anywhere in the epoch
+    lens = [int(it["attention_mask"].sum()) for it in tr]
+    dls["train"] = DataLoader(tr, batch_sampler=LengthBucketSampler(lens, 32, seed=0), collate_fn=dls["train"].collate_fn)
+    res = fit(TinyTextClassifier(), dls, cfg, out_dir=sys.argv[1] + "/run")
+    st = PartialState()
+    json.dump(dict(world=st.num_processes, history=res["history"], test=res["test"]),
+              open(f"{sys.argv[1]}/rank{st.process_index}.json", "w"))
+''')
+
+def test_two_process_cpu_run_agrees(tmp_path):
+    script = tmp_path / "ddp_fit.py"; script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))
+    assert a["world"] == b["world"] == 2
+    assert _metrics(a) == _metrics(b) and a["test"] == b["test"]
+    assert len(a["history"]) == 2 and a["test"]["accuracy"] > 0
+    assert all(h["train_samples"] >= 250 for h in a["history"])  # every training sample reached a process
+
+def test_tiny_model_learns_on_imdb_sample():
+    from moe_course.data import load_text_dataset
+    from moe_course.learner import build_loaders
+    cfg = get_config("quick", epochs=3, lr=1e-2, max_len=128, patience=0)
+    dls = build_loaders(cfg, dsd=load_text_dataset("imdb", source="sample"))
+    set_seed(0)
+    res = fit(TinyTextClassifier(dls["tokenizer"].get_vocab_size(), 32), dls, cfg)
+    h = res["history"]
+    assert h[-1]["train_loss"] < h[0]["train_loss"] and res["test"]["accuracy"] > 0.6, (h, res["test"])
