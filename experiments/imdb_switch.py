@@ -53,6 +53,8 @@ def main(argv=None):
                     help="overrides of the main config, e.g. epochs=4 fgm=false (the ablations start from it too)")
     ap.add_argument("--ablation-epochs", type=int, default=3, help="epochs per ablation run (shorter schedule)")
     ap.add_argument("--ablation-max-len", type=int, default=256, help="max_len of the ablation runs")
+    ap.add_argument("--variants", type=int, nargs="*", default=None,
+                    help="indices into the ablation grid to run (default: all), e.g. to split it over processes")
     ap.add_argument("--seeds", type=int, default=1, help="seeds per ablation variant (0, 1, ...)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the main run")
     ap.add_argument("--time-budget-s", type=float, default=420, help="stop starting ablation runs after this (whole script)")
@@ -122,6 +124,7 @@ def main(argv=None):
     del dls_main  # free the encoded full-length data before the ablations
     if not a.skip_ablations:
         grid = ablation_grid(ab_base)
+        if a.variants is not None: grid = [grid[i] for i in a.variants]
         seeds = list(range(a.seeds))
         print(f"=== ablations ({len(grid)} variants x {len(seeds)} seeds, {ab_base.epochs} epochs, max_len {ab_base.max_len};"
               f" budget {budget:.0f} s, {time.perf_counter() - t_start:.0f} s used)", flush=True)
