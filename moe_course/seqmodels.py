@@ -231,9 +231,15 @@ def plot_curves(rows: list[dict], title: str = "", ncols: int = 4, keys=tuple(ra
 
 # %% ../nbs/14_sequence_models.ipynb #9d3257de
 def load_sequence_results(folder="results") -> dict:
-    "The latest `sequence_models_*.json` record per dataset and the latest robustness record (if any)."
+    "Per dataset, the `sequence_models_*.json` records merged (a later row of a setting replaces an earlier one), and the latest robustness record."
     from moe_course.core import load_results
-    out = {r.get("dataset", r["name"]): r for r in load_results("sequence_models_*.json", folder)}
+    out = {}
+    for r in load_results("sequence_models_*.json", folder):  # oldest first, e.g. settings 1-7 then a BERT-only run
+        key = r.get("dataset", r["name"])
+        if key not in out: out[key] = dict(r, rows=list(r.get("rows", [])), records=[r["name"]]); continue
+        rows = {row["setting"]: row for row in out[key]["rows"]}
+        rows.update({row["setting"]: row for row in r.get("rows", [])})
+        out[key].update(rows=list(rows.values()), records=out[key]["records"] + [r["name"]])
     rob = load_results("robustness.json", folder)
     if rob: out["robustness"] = rob[-1]
     return out
