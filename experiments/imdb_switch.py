@@ -69,7 +69,7 @@ def main(argv=None):
     from moe_course.config import get_config
     from moe_course.core import save_result, device_info
     from moe_course.data import load_text_dataset
-    from moe_course.learner import train, build_loaders
+    from moe_course.imdb import train, build_loaders
     from moe_course.imdb import ablation_grid, run_ablations
 
     if a.quick:

@@ -61,7 +61,7 @@ def train_cli(argv) -> int:
     if show: print(cfg); return 0
     if resume and out_dir is None: p.error("--resume needs --out-dir: the folder of the run to continue")
     if out_dir is None: out_dir = Path("runs") / f"{cfg.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    from moe_course.learner import train
+    from moe_course.imdb import train
     print(f"training {cfg.name} (preset {preset}): {cfg.n_layers} layers, d_model {cfg.d_model}, "
           f"{cfg.num_experts} experts ({cfg.router}), {cfg.epochs} epochs -> {out_dir}")
     try: res = train(cfg, out_dir=out_dir, resume=resume)

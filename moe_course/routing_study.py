@@ -116,7 +116,8 @@ def compare_routers(routers=ROUTERS, seeds=(0,), num_experts: int = 4, preset: s
                     on_row=None, **overrides) -> list[dict]:
     "Train/evaluate/time each router for each seed on `cfg.dataset` (IMDB by default); one row per run."
     from moe_course.config import get_config
-    from moe_course.learner import build_loaders, fit
+    from moe_course.learner import fit
+    from moe_course.imdb import build_loaders
     from moe_course.batching import collate_batch
     t0, rows, per_seed = time.perf_counter(), [], 0.0      # the budget includes building the tokenizer and loaders
     cfg0 = get_config(preset, **overrides)

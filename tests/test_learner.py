@@ -96,7 +96,7 @@ DDP_SCRIPT = textwrap.dedent('''
     cfg = get_config("quick", epochs=2, lr=1e-2, patience=0, num_experts=1)
     set_seed(0)
     dls = synthetic_loaders(n_train=250, n_valid=90, n_test=90)
-    tr = dls["train"].dataset  # length-bucketed batches: one short batch, anywhere in the epoch
+    tr = dls["train"].dataset  # length-bucketed batches: the one short batch comes last
     lens = [int(it["attention_mask"].sum()) for it in tr]
     dls["train"] = DataLoader(tr, batch_sampler=LengthBucketSampler(lens, 32, seed=0), collate_fn=dls["train"].collate_fn)
     res = fit(TinyTextClassifier(), dls, cfg, out_dir=sys.argv[1] + "/run")
@@ -119,7 +119,7 @@ def test_two_process_cpu_run_agrees(tmp_path):
 
 def test_tiny_model_learns_on_imdb_sample():
     from moe_course.data import load_text_dataset
-    from moe_course.learner import build_loaders
+    from moe_course.imdb import build_loaders
     cfg = get_config("quick", epochs=3, lr=1e-2, max_len=128, patience=0)
     dls = build_loaders(cfg, dsd=load_text_dataset("imdb", source="sample"))
     set_seed(0)
