@@ -19,17 +19,7 @@ from __future__ import annotations
 import argparse, os, sys, time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def find_data_dir(arg: str | None) -> str | None:
-    "--data-dir, else $MOE_COURSE_DATA, else a shared/data folder beside or above the repo."
-    if arg: return arg
-    if os.environ.get("MOE_COURSE_DATA"): return os.environ["MOE_COURSE_DATA"]
-    for p in (ROOT / "shared" / "data", ROOT.parent / "shared" / "data", Path("/work/shared/data")):
-        if (p / "imdb" / "train.parquet").exists(): return str(p)
-    return None
+from common import ROOT, find_data_dir  # experiments/common.py (the script folder is on sys.path)
 
 
 # Full-size settings (GPU) and the --quick smoke settings (CPU, bundled samples).

@@ -1,6 +1,7 @@
 "Tests for moe_course.lstm: masking/packing, attention, parameter counts (LSTM and multi-head attention)."
 import pytest
 import torch
+from helpers import padded_batch
 from torch import nn
 
 from moe_course.lstm import (LSTMClassifier, LSTMEncoderDecoder, LSTM_SETTINGS, lstm_param_count, make_lstm,
@@ -10,12 +11,7 @@ from moe_course.transformer import MultiHeadSelfAttention
 V = 60
 
 
-def _batch(lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    T = max(lengths)
-    ids = torch.randint(5, V, (len(lengths), T), generator=g)
-    mask = torch.arange(T)[None] < torch.tensor(lengths)[:, None]
-    return ids.masked_fill(~mask, 0), mask
+def _batch(lengths, seed=0): return padded_batch(lengths, V, seed)
 
 
 @pytest.mark.parametrize("setting", sorted(LSTM_SETTINGS))

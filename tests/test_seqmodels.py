@@ -4,6 +4,7 @@ import matplotlib
 matplotlib.use("Agg")
 import pytest
 import torch
+from helpers import padded_batch
 import torch.nn.functional as F
 
 from moe_course.batching import make_loaders
@@ -13,12 +14,7 @@ from moe_course.seqmodels import (SETTINGS, build_model, get_setting, hf_loaders
 V = 80
 
 
-def _batch(lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    T = max(lengths)
-    ids = torch.randint(5, V, (len(lengths), T), generator=g)
-    mask = torch.arange(T)[None] < torch.tensor(lengths)[:, None]
-    return ids.masked_fill(~mask, 0), mask
+def _batch(lengths, seed=0): return padded_batch(lengths, V, seed)
 
 
 def _logits(out): return getattr(out, "logits", out)
