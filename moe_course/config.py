@@ -31,9 +31,10 @@ class TrainConfig:
     batch_size: int = _f(32, "training batch size (per process)")
     eval_batch_size: int | None = _f(None, "evaluation batch size (default: 2 x batch_size)")
     valid_frac: float = _f(0.1, "fraction of the training split held out for validation")
-    augment: bool = _f(False, "random deletion/swap of words on the fly")
+    augment: bool = _f(False, "random deletion, swap and replacement of words on the fly")
     aug_p_delete: float = _f(0.1, "augmentation: probability of deleting each word")
     aug_n_swap: int = _f(1, "augmentation: number of word swaps")
+    aug_p_replace: float = _f(0.1, "augmentation: probability of replacing each word by a training-vocabulary word")
     num_workers: int = _f(0, "DataLoader worker processes (0: load in the main process)")
     # model
     d_model: int = _f(64, "model width")
@@ -80,7 +81,7 @@ class TrainConfig:
         if self.eval_batch_size is not None and self.eval_batch_size < 1: raise ValueError("eval_batch_size must be >= 1")
         if self.d_model % self.n_heads: raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         for k, lo, hi in [("valid_frac", 0, 1), ("label_smoothing", 0, 1), ("dropout", 0, 1), ("warmup_frac", 0, 1),
-                          ("aug_p_delete", 0, 1), ("plateau_factor", 0, 1)]:
+                          ("aug_p_delete", 0, 1), ("aug_p_replace", 0, 1), ("plateau_factor", 0, 1)]:
             if not lo <= getattr(self, k) < hi: raise ValueError(f"{k} must be in [{lo}, {hi}), got {getattr(self, k)!r}")
         for k in ["lr", "capacity_factor"]:
             if not getattr(self, k) > 0: raise ValueError(f"{k} must be > 0, got {getattr(self, k)!r}")

@@ -22,8 +22,12 @@ def build_loaders(cfg: TrainConfig, tok=None, dsd=None) -> dict:
     if dsd is None: dsd = load_text_dataset(cfg.dataset, source=cfg.source, data_dir=cfg.data_dir)
     aug = None
     if cfg.augment:
-        from moe_course.augment import apply_augmentation
-        aug = partial(apply_augmentation, p_delete=cfg.aug_p_delete, n_swap=cfg.aug_n_swap, p_replace=0.0)
+        from moe_course.augment import apply_augmentation, build_vocab
+        from moe_course.data import as_texts
+        # replacement words come from the training split's vocabulary (the reference's random replacement)
+        vocab = build_vocab(as_texts(dsd["train"], cfg.dataset)) if cfg.aug_p_replace > 0 else None
+        aug = partial(apply_augmentation, p_delete=cfg.aug_p_delete, n_swap=cfg.aug_n_swap,
+                      p_replace=cfg.aug_p_replace, vocab=vocab)
     dls = make_loaders(dsd, cfg.dataset, tok=tok, max_len=cfg.max_len, batch_size=cfg.batch_size,
                        valid_frac=cfg.valid_frac, seed=cfg.seed, vocab_size=cfg.vocab_size, augment=aug,
                        eval_batch_size=cfg.eval_batch_size or 2 * cfg.batch_size, num_workers=cfg.num_workers)
@@ -102,7 +106,7 @@ def run_ablations(base: TrainConfig, grid=None, seeds=(0,), dsd=None, tok=None, 
     t_start = time.perf_counter() if t_start is None else t_start
     out, durations, cache = [], [], {}
     data_keys = ("dataset", "source", "data_dir", "max_len", "vocab_size", "batch_size", "eval_batch_size", "valid_frac",
-                 "augment", "aug_p_delete", "aug_n_swap", "num_workers")
+                 "augment", "aug_p_delete", "aug_n_swap", "aug_p_replace", "num_workers")
     for seed in seeds:
         for name, ov in grid:
             left = None if time_budget_s is None else time_budget_s - (time.perf_counter() - t_start)

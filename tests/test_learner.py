@@ -126,3 +126,18 @@ def test_tiny_model_learns_on_imdb_sample():
     res = fit(TinyTextClassifier(dls["tokenizer"].get_vocab_size(), 32), dls, cfg)
     h = res["history"]
     assert h[-1]["train_loss"] < h[0]["train_loss"] and res["test"]["accuracy"] > 0.6, (h, res["test"])
+
+
+def test_augmentation_uses_deletion_swap_and_replacement_from_training_vocab():
+    from moe_course.data import load_text_dataset
+    from moe_course.imdb import build_loaders
+    dsd = load_text_dataset("imdb", source="sample")
+    dsd["train"] = dsd["train"].select(range(40))
+    cfg = get_config("quick", augment=True, aug_p_delete=0.0, aug_n_swap=0, aug_p_replace=0.5)
+    aug = build_loaders(cfg, dsd=dsd)["train"].dataset.augment
+    assert aug.keywords["p_replace"] == 0.5 and aug.keywords["vocab"]
+    vocab = set(aug.keywords["vocab"])
+    out = aug.func("a completely ordinary sentence", 0, **{**aug.keywords, "p_replace": 1.0}).split()
+    assert len(out) == 4 and all(w in vocab for w in out)
+    off = build_loaders(get_config("quick", augment=True, aug_p_replace=0.0), dsd=dsd)["train"].dataset.augment
+    assert off.keywords["vocab"] is None
