@@ -83,7 +83,7 @@ def load_model(name_or_path: str | None = None, num_labels: int = 2, texts=None,
         model = AutoModelForSequenceClassification.from_pretrained(name, num_labels=num_labels, dtype=torch.float32)
     except OSError as e:
         raise FileNotFoundError(f"could not load model {name!r} ({e.__class__.__name__}). Offline? Pass a local folder, "
-                                "e.g. /work/shared/models/all-MiniLM-L6-v2, or set MOE_COURSE_MODEL.") from e
+                                "e.g. ../shared/models/all-MiniLM-L6-v2, or set MOE_COURSE_MODEL.") from e
     return model, tok
 
 # %% ../nbs/18_finetune.ipynb #55a9bfa5

@@ -65,7 +65,9 @@ def setting_config(key, **overrides):
     return get_config(**{**kw, **s["train"], **overrides})
 
 # %% ../nbs/14_sequence_models.ipynb #132dfbe8
-OFFLINE_BERT = Path("/work/shared/models/all-MiniLM-L6-v2")
+import moe_course
+# the offline copy that sits in ../shared beside a course checkout (MOE_COURSE_MODEL overrides it)
+OFFLINE_BERT = Path(moe_course.__file__).resolve().parents[2] / "shared" / "models" / "all-MiniLM-L6-v2"
 
 class HFClassifier(nn.Module):
     "A 🤗 sequence-classification model with the course signature: forward(input_ids, attention_mask) -> logits."
