@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse, os, sys, time
 from pathlib import Path
 
-from common import ROOT, find_data_dir  # experiments/common.py (the script folder is on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when imported, not run, e.g. by tests
+from common import ROOT, find_data_dir  # experiments/common.py
 
 
 # Full-size settings (GPU) and the --quick smoke settings (CPU, bundled samples).

@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse, os, sys, time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when imported, not run, e.g. by tests
+from common import ROOT, find_data_dir  # experiments/common.py
 
 SHORT = {"amazon_polarity": "amazon", "imdb": "imdb"}
 EPOCHS, BERT_EPOCHS = {"amazon_polarity": 8, "imdb": 4}, {"amazon_polarity": 3, "imdb": 2}
@@ -41,8 +41,7 @@ def _first_existing(*paths):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", default=os.environ.get("MOE_COURSE_DATA") or _first_existing(
-        ROOT / "shared" / "data", ROOT.parent / "shared" / "data"),
+    p.add_argument("--data-dir", default=find_data_dir(None, probe="."),
         help="folder with <name>/<split>.parquet (default: env MOE_COURSE_DATA, else ./shared/data or ../shared/data)")
     p.add_argument("--model", default=os.environ.get("MOE_COURSE_MODEL") or _first_existing(
         ROOT / "shared" / "models" / "all-MiniLM-L6-v2", ROOT.parent / "shared" / "models" / "all-MiniLM-L6-v2"),
