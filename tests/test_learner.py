@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest, torch
 from moe_course.config import get_config, TrainConfig
 from moe_course.data import set_seed
-from moe_course.learner import TinyTextClassifier, synthetic_loaders, fit, classification_metrics, NonFiniteLoss
+from moe_course.learner import fit, NonFiniteLoss
+from moe_course.optim import TinyTextClassifier, synthetic_loaders, classification_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 # metrics that must match between runs (timings and throughput differ)
@@ -90,7 +91,8 @@ DDP_SCRIPT = textwrap.dedent('''
     from accelerate import PartialState
     from moe_course.config import get_config
     from moe_course.data import set_seed
-    from moe_course.learner import TinyTextClassifier, synthetic_loaders, fit
+    from moe_course.learner import fit
+    from moe_course.optim import TinyTextClassifier, synthetic_loaders
     from torch.utils.data import DataLoader
     from moe_course.batching import LengthBucketSampler
     cfg = get_config("quick", epochs=2, lr=1e-2, patience=0, num_experts=1)
