@@ -11,7 +11,7 @@ from .learner import fit
 
 # %% auto #0
 __all__ = ['build_loaders', 'build_model', 'train', 'plot_expert_load', 'ablation_grid', 'run_ablations', 'ablation_table',
-           'plot_ablation_curves', 'load_imdb_results']
+           'plot_ablation_curves', 'plot_ablation_bars', 'load_imdb_results']
 
 # %% ../nbs/12_imdb.ipynb #65d87b25
 def build_loaders(cfg: TrainConfig, tok=None, dsd=None) -> dict:
@@ -151,8 +151,20 @@ def plot_ablation_curves(records: list[dict], key: str = "valid_acc", ax=None):
     ax.set_xlabel("epoch"); ax.set_ylabel(key); ax.legend(fontsize=7, ncol=2)
     return ax
 
+def plot_ablation_bars(records: list[dict], ax=None):
+    "Mean test accuracy per variant with one standard deviation over seeds; the dashed line is the base (first) variant."
+    import matplotlib.pyplot as plt
+    t = ablation_table(records)
+    if ax is None: _, ax = plt.subplots(figsize=(5, 0.3 * len(t) + 0.8))
+    ax.barh(range(len(t)), t["test_acc"], xerr=t["test_acc_std"].fillna(0), color="tab:blue", alpha=0.7, capsize=3)
+    ax.set_yticks(range(len(t)), t.index); ax.invert_yaxis()
+    ax.axvline(t["test_acc"].iloc[0], ls="--", c="k", lw=1)
+    lo, hi = (t["test_acc"] - t["test_acc_std"].fillna(0)).min(), (t["test_acc"] + t["test_acc_std"].fillna(0)).max()
+    ax.set_xlim(lo - 0.02, hi + 0.01); ax.set_xlabel(f"test accuracy (mean over {int(t['seeds'].max())} seeds)")
+    return ax
+
 # %% ../nbs/12_imdb.ipynb #98c02ff7
-def load_imdb_results(folder="results") -> tuple[dict | None, dict | None]:
-    "The records `imdb_switch.json` and `imdb_ablations.json` in `folder` (None for each one missing)."
+def load_imdb_results(folder="results", ablations: str = "imdb_ablations.json") -> tuple[dict | None, dict | None]:
+    "The records `imdb_switch.json` and `ablations` in `folder` (None for each one missing)."
     rd = lambda n: json.loads((Path(folder) / n).read_text()) if (Path(folder) / n).exists() else None
-    return rd("imdb_switch.json"), rd("imdb_ablations.json")
+    return rd("imdb_switch.json"), rd(ablations)
