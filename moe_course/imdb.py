@@ -11,7 +11,7 @@ from .learner import fit
 
 # %% auto #0
 __all__ = ['build_loaders', 'build_model', 'train', 'plot_expert_load', 'ablation_grid', 'run_ablations', 'ablation_table',
-           'plot_ablation_curves', 'plot_ablation_bars', 'load_imdb_results']
+           'plot_ablation_curves', 'plot_ablation_bars', 'plot_ablations', 'load_imdb_results']
 
 # %% ../nbs/12_imdb.ipynb #65d87b25
 def build_loaders(cfg: TrainConfig, tok=None, dsd=None) -> dict:
@@ -162,6 +162,13 @@ def plot_ablation_bars(records: list[dict], ax=None):
     lo, hi = (t["test_acc"] - t["test_acc_std"].fillna(0)).min(), (t["test_acc"] + t["test_acc_std"].fillna(0)).max()
     ax.set_xlim(lo - 0.02, hi + 0.01); ax.set_xlabel(f"test accuracy (mean over {int(t['seeds'].max())} seeds)")
     return ax
+
+def plot_ablations(records: list[dict]):
+    "`plot_ablation_bars` and `plot_ablation_curves` side by side; returns the figure."
+    import matplotlib.pyplot as plt
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.2))
+    plot_ablation_bars(records, ax=a1); plot_ablation_curves(records, ax=a2); fig.tight_layout()
+    return fig
 
 # %% ../nbs/12_imdb.ipynb #98c02ff7
 def load_imdb_results(folder="results", ablations: str = "imdb_ablations.json") -> tuple[dict | None, dict | None]:

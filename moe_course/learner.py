@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from .config import TrainConfig, get_config
 from .optim import *
