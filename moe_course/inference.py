@@ -161,13 +161,14 @@ def _batches(self: TextClassifier, ids, batch_size: int | None = None, progress:
 def predict(self: TextClassifier, texts, batch_size: int | None = None, progress: bool = True,
             routing: bool = False) -> list[dict]:
     "`{'label', 'score'}` per text; `routing=True` adds each token's expert, gate and dropped flag per Switch layer."
-    out = []
-    for b, o in self._batches(self._encode(texts), batch_size, progress):
-        score, pred = o.logits.float().softmax(-1).max(-1)
-        rows = [dict(label=self.labels[p], score=s) for p, s in zip(pred.tolist(), score.tolist())]
-        if routing:
-            for r, rt in zip(rows, token_routing(o.diagnostics, b, self.tokenizer)): r["routing"] = rt
-        out += rows
+    out, ids = [], self._encode(texts)
+    with _per_token_fields(self.model) if routing else contextlib.nullcontext():
+        for b, o in self._batches(ids, batch_size, progress):
+            score, pred = o.logits.float().softmax(-1).max(-1)
+            rows = [dict(label=self.labels[p], score=s) for p, s in zip(pred.tolist(), score.tolist())]
+            if routing:
+                for r, rt in zip(rows, token_routing(o.diagnostics, b, self.tokenizer)): r["routing"] = rt
+            out += rows
     return out
 
 @patch
@@ -177,6 +178,24 @@ def __call__(self: TextClassifier, texts, **kwargs):
     return out[0] if isinstance(texts, str) else out
 
 # %% ../nbs/20_inference.ipynb #bc1380df
+@contextlib.contextmanager
+def _per_token_fields(model):
+    "Until chapter `moe` records per-token routing in SwitchDiagnostics: recompute it with a forward hook per Switch layer."
+    from moe_course.moe import Switch, SwitchDiagnostics
+    from moe_course.routing import assign_capacity
+    def hook(sw, args, out):
+        x, m, tid = (list(args) + [None, None])[:3]
+        m = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device).reshape(-1) if m is None else m.reshape(-1).bool()
+        r = sw.router(x.reshape(-1, x.shape[-1]), None if tid is None else tid.reshape(-1), m)
+        keep = assign_capacity(r.expert_index, sw.num_experts, out[1].capacity, m)[1]
+        out[1].expert_index, out[1].gate, out[1].kept = r.expert_index.where(m, -1), r.gate.where(m, 0), keep & m
+    legacy = "expert_index" not in SwitchDiagnostics.__dataclass_fields__
+    hooks = [s.register_forward_hook(hook) for s in model.modules() if legacy and isinstance(s, Switch)]
+    try: yield
+    finally:
+        for h in hooks: h.remove()
+
+# %% ../nbs/20_inference.ipynb #ef5576be
 def token_routing(diagnostics, batch: dict, tokenizer) -> list[dict]:
     "Per text of `batch`: `tokens`, and per Switch layer each token's `expert`, `gate` and `dropped` (over capacity)."
     if not diagnostics: raise ValueError("this model has no Switch layer (num_experts=1): there is no routing to show")
@@ -189,7 +208,7 @@ def token_routing(diagnostics, batch: dict, tokenizer) -> list[dict]:
                                      dropped=(~k[b, :n]).tolist()) for e, g, k in layers]))
     return out
 
-# %% ../nbs/20_inference.ipynb #ce8ceb3d
+# %% ../nbs/20_inference.ipynb #e59900b0
 def _expert_colour(e: int, alpha: float = 1.0) -> tuple:
     import matplotlib
     return (*matplotlib.colormaps["tab10"](e % 10)[:3], alpha)
@@ -214,7 +233,7 @@ def routing_html(routing: dict) -> str:
         rows.append(f'<div style="margin:6px 0"><b>layer {n + 1}</b> ({sum(l["dropped"])} dropped): {"".join(spans)}</div>')
     return f'<div style="font-family:monospace;line-height:1.9">{"".join(rows)}</div>'
 
-# %% ../nbs/20_inference.ipynb #c51b623e
+# %% ../nbs/20_inference.ipynb #4b7d9fbe
 def plot_routing(routing: dict, width: int = 90, path=None):
     "`routing_html` as a matplotlib figure (one panel per layer, `width` characters a line); saved as PNG if `path`."
     import matplotlib.pyplot as plt
@@ -225,7 +244,7 @@ def plot_routing(routing: dict, width: int = 90, path=None):
         if x + len(s) > width and x > 0: x, y = 0, y + 1
         pos.append((x, y)); x += len(s)
     L, lines = len(routing["layers"]), y + 1
-    fig, axes = plt.subplots(L, 1, figsize=(width * 0.08 + 0.3, L * (0.28 * lines + 0.5) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(L, 1, figsize=(width * 0.08 + 0.3, L * (0.28 * lines + 0.4) + 0.4), squeeze=False, layout="constrained")
     for n, (ax, l) in enumerate(zip(axes[:, 0], routing["layers"])):
         ax.set_xlim(0, width); ax.set_ylim(lines, 0); ax.set_axis_off()
         ax.set_title(f"layer {n + 1}: {sum(l['dropped'])} of {len(pieces)} tokens dropped", fontsize=9, loc="left")
@@ -234,33 +253,33 @@ def plot_routing(routing: dict, width: int = 90, path=None):
             ax.text(x, y + 0.5, s, family="monospace", fontsize=9, va="center", color="0.45" if d else "k", bbox=box)
     N = max(max(l["expert"]) for l in routing["layers"]) + 1
     fig.legend(handles=[Patch(color=_expert_colour(e, 0.8), label=f"expert {e}") for e in range(N)]
-               + [Patch(fc="white", ec="#d62728", ls="--", label="dropped")], ncol=N + 1, fontsize=8, loc="upper left", frameon=False)
-    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.35 / fig.get_figheight(), bottom=0.02)
+               + [Patch(fc="white", ec="#d62728", ls="--", label="dropped")], ncol=N + 1, fontsize=8, loc="outside upper left", frameon=False)
     if path is not None: fig.savefig(path, dpi=100); plt.close(fig)
     return fig
 
-# %% ../nbs/20_inference.ipynb #a3b14cdd
+# %% ../nbs/20_inference.ipynb #5307f739
 @patch
 def evaluate(self: TextClassifier, dataset: str = "imdb", split: str | None = None, source: str = "auto", data_dir=None,
              batch_size: int | None = None, progress: bool = True) -> dict:
     "Accuracy, macro F1, positive-class F1 and the confusion matrix (rows: true label) on `split` of `dataset`."
     from moe_course.data import DATASETS, as_texts, eval_split, load_text_dataset
     from moe_course.optim import classification_metrics
-    split = split or eval_split(dataset)                    # also a clear error for an unknown dataset
+    default = eval_split(dataset)                            # also a clear error for an unknown dataset
+    split = split or default
     spec = DATASETS[dataset.strip().lower()]
     if split not in spec["splits"] + spec["optional"]:
         raise ValueError(f"unknown split {split!r} of {dataset}: choose one of {', '.join(spec['splits'] + spec['optional'])}")
     dsd = load_text_dataset(dataset, source=source, data_dir=data_dir)
     if split not in dsd: raise ValueError(f"{dataset} from source {source!r} has no {split!r} split (found {', '.join(dsd)})")
     y, k = torch.tensor(dsd[split]["label"]), len(self.labels)
-    if (y < 0).any(): raise ValueError(f"the {split!r} split of {dataset} has no labels (-1): evaluate on {eval_split(dataset)!r}")
+    if (y < 0).any(): raise ValueError(f"the {split!r} split of {dataset} has no labels (-1): evaluate on {default!r}")
     if int(y.max()) >= k: raise ValueError(f"{dataset} has {int(y.max()) + 1} classes but the model has {k}")
     p = torch.cat([o.logits.argmax(-1).cpu() for _, o in self._batches(self._encode(as_texts(dsd[split], dataset)), batch_size, progress)])
     cm = torch.bincount(y * k + p, minlength=k * k).reshape(k, k)        # cm[true, predicted]
     return dict(dataset=dataset, split=split, source=source, n=len(y), **classification_metrics(p, y, k),
                 confusion=cm.tolist(), labels=self.labels)
 
-# %% ../nbs/20_inference.ipynb #5307f739
+# %% ../nbs/20_inference.ipynb #6b08a493
 def read_texts(path, column: str | None = None) -> list[str]:
     "Reviews from a .txt (one per line), .csv or .jsonl file (the column `column`, default 'text')."
     p, col = Path(path), column or "text"
