@@ -143,7 +143,7 @@ def evaluate_cli(argv) -> int:
                             a.batch_size, not a.no_progress)
     m, rc = _guarded("evaluate", run)
     if m is None: return rc
-    L = m["labels"]; w = max(map(len, L + ["predicted"])) + 2
+    L = m["labels"]; w = max(6, len(str(m["n"])) + 2, *(len(l) + 2 for l in L))
     print(f"{m['dataset']}/{m['split']} ({m['n']:,} texts, source {m['source']}): accuracy {m['accuracy']:.4f}, macro F1 {m['f1']:.4f}")
     print("confusion matrix (rows: true label, columns: predicted)\n" + " " * w + "".join(f"{l:>{w}}" for l in L))
     for l, row in zip(L, m["confusion"]): print(f"{l:<{w}}" + "".join(f"{v:>{w}}" for v in row))

@@ -15,8 +15,8 @@ from .batching import SPECIAL_TOKENS, clean_text, collate_batch, encode_texts, l
 from .transformer import SwitchTransformerClassifier
 
 # %% auto #0
-__all__ = ['MODEL_FILES', 'check_model_dir', 'TextClassifier', 'model_card', 'token_routing', 'routing_html', 'plot_routing',
-           'read_texts']
+__all__ = ['MODEL_FILES', 'CARD', 'check_model_dir', 'TextClassifier', 'model_card', 'token_routing', 'routing_html',
+           'plot_routing', 'read_texts']
 
 # %% ../nbs/20_inference.ipynb #a9539e9a
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -53,8 +53,7 @@ def _resolve(name_or_path, **hub_kwargs) -> Path:
                                 f"Face Hub ({type(e).__name__}): check the path, or the Hub id and your connection") from e
 
 # %% ../nbs/20_inference.ipynb #c30c8fe7
-class TextClassifier(ModelHubMixin, library_name="moe-course", repo_url="https://github.com/moe-course/moe-course",
-                     pipeline_tag="text-classification", license="apache-2.0"):
+class TextClassifier(ModelHubMixin):
     "A trained classifier with its tokenizer and label names: `clf(texts)` -> `{'label', 'score'}` per text."
     def __init__(self, model: SwitchTransformerClassifier, tokenizer, labels=None, batch_size: int = 64, device=None,
                  info: dict | None = None):
@@ -102,6 +101,38 @@ class TextClassifier(ModelHubMixin, library_name="moe-course", repo_url="https:/
         (Path(save_directory) / "README.md").write_text(model_card(self))
 
 # %% ../nbs/20_inference.ipynb #cf7dcda3
+CARD = '''---
+{meta}
+---
+# {name}: a Switch Transformer text classifier
+
+{n_layers} layer(s), {num_experts} experts per Switch layer ({router} routing), d_model {d_model}, {max_len} tokens,
+labels {labels}; built with [moe-course](https://github.com/moe-course/moe-course).
+
+## Data
+`{dataset}` (Hub: `{hub}`), source `{source}`{sample}; {sizes}
+
+## Metrics
+| split | accuracy | macro F1 |
+|---|---|---|
+| validation (best epoch {epoch}) | {valid_acc} | - |
+| test | {test_acc} | {test_f1} |
+
+## Training run
+commit `{commit}`, {device}, {created}; {wall_time_s} s of training; {params}
+
+```json
+{config}
+```
+
+## Use
+```python
+from moe_course.inference import TextClassifier
+clf = TextClassifier.from_pretrained("path/or/hub-id")
+clf("A wonderful, moving film.")   # {{'label': ..., 'score': ...}}
+```
+'''
+
 def model_card(clf: TextClassifier) -> str:
     "README.md of a model folder: Hub metadata, then the data, the config, the metrics and the commit of the run."
     from huggingface_hub import ModelCardData
@@ -111,23 +142,15 @@ def model_card(clf: TextClassifier) -> str:
     meta = ModelCardData(library_name="moe-course", license="apache-2.0", pipeline_tag="text-classification",
                          tags=["mixture-of-experts", "switch-transformer", "text-classification"],
                          datasets=[hub] if hub else None, metrics=["accuracy", "f1"]).to_yaml()
-    t, b, s = i.get("test") or {}, i.get("best") or {}, i.get("sizes") or {}
-    f = lambda x: "-" if x is None else f"{x:.4f}"
-    sample = " (the small bundled sample: results are not comparable with the full data)" if i.get("source") == "sample" else ""
-    return "\n".join([
-        f"---\n{meta}\n---", f"# {i.get('name', 'moe-course model')}: a Switch Transformer text classifier", "",
-        f"{c.get('n_layers')} layer(s), {c.get('num_experts')} experts per Switch layer ({c.get('router')} routing), d_model "
-        f"{c.get('d_model')}, {c.get('max_len')} tokens, labels {clf.labels}; built with [moe-course](https://github.com/moe-course/moe-course).", "",
-        "## Data", f"`{i.get('dataset', 'unknown')}` (Hub: `{hub}`), source `{i.get('source', 'unknown')}`{sample}; "
-        + ", ".join(f"{k} {v:,}" for k, v in s.items()), "",
-        "## Metrics", "| split | accuracy | macro F1 |", "|---|---|---|",
-        f"| validation (best epoch {b.get('epoch', '-')}) | {f(b.get('valid_acc'))} | - |",
-        f"| test | {f(t.get('accuracy'))} | {f(t.get('f1'))} |", "",
-        "## Training run", f"commit `{i.get('commit', 'unknown')}`, {i.get('device', 'unknown device')}, {i.get('created', '')}, "
-        f"{f(i.get('wall_time_s'))} s; parameters {i.get('params', {})}", "",
-        "```json", json.dumps(i.get("config") or c, indent=1), "```", "",
-        "## Use", "```python", "from moe_course.inference import TextClassifier",
-        'clf = TextClassifier.from_pretrained("path/or/hub-id")', 'clf("A wonderful, moving film.")  # {\'label\': ..., \'score\': ...}', "```"])
+    t, b, p = i.get("test") or {}, i.get("best") or {}, i.get("params") or {}
+    f = lambda x, d=4: "-" if x is None else f"{x:.{d}f}"
+    return CARD.format(**{k: c.get(k) for k in ("n_layers", "num_experts", "router", "d_model", "max_len")}, meta=meta, hub=hub,
+        name=i.get("name", "moe-course model"), labels=clf.labels, dataset=i.get("dataset", "unknown"), source=i.get("source", "unknown"),
+        sample=" (the small bundled sample: results are not comparable with the full data)" if i.get("source") == "sample" else "",
+        sizes=", ".join(f"{k} {v:,}" for k, v in (i.get("sizes") or {}).items()), epoch=b.get("epoch", "-"),
+        valid_acc=f(b.get("valid_acc")), test_acc=f(t.get("accuracy")), test_f1=f(t.get("f1")), commit=i.get("commit", "unknown"),
+        device=i.get("device", "unknown device"), created=i.get("created", "unknown date"), wall_time_s=f(i.get("wall_time_s"), 0),
+        params=f"{p['total']:,} parameters, {p['active']:,} active per token" if p else "", config=json.dumps(i.get("config") or c, indent=1))
 
 # %% ../nbs/20_inference.ipynb #e553dc58
 @patch
