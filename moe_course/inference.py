@@ -200,7 +200,7 @@ def __call__(self: TextClassifier, texts, **kwargs):
     out = self.predict(texts, **kwargs)
     return out[0] if isinstance(texts, str) else out
 
-# %% ../nbs/20_inference.ipynb #bc1380df
+# %% ../nbs/20_inference.ipynb #ef5576be
 @contextlib.contextmanager
 def _per_token_fields(model):
     "Until chapter `moe` records per-token routing in SwitchDiagnostics: recompute it with a forward hook per Switch layer."
@@ -218,7 +218,7 @@ def _per_token_fields(model):
     finally:
         for h in hooks: h.remove()
 
-# %% ../nbs/20_inference.ipynb #ef5576be
+# %% ../nbs/20_inference.ipynb #0cee63ca
 def token_routing(diagnostics, batch: dict, tokenizer) -> list[dict]:
     "Per text of `batch`: `tokens`, and per Switch layer each token's `expert`, `gate` and `dropped` (over capacity)."
     if not diagnostics: raise ValueError("this model has no Switch layer (num_experts=1): there is no routing to show")
@@ -231,7 +231,7 @@ def token_routing(diagnostics, batch: dict, tokenizer) -> list[dict]:
                                      dropped=(~k[b, :n]).tolist()) for e, g, k in layers]))
     return out
 
-# %% ../nbs/20_inference.ipynb #e59900b0
+# %% ../nbs/20_inference.ipynb #c51b623e
 def _expert_colour(e: int, alpha: float = 1.0) -> tuple:
     import matplotlib
     return (*matplotlib.colormaps["tab10"](e % 10)[:3], alpha)
@@ -256,7 +256,7 @@ def routing_html(routing: dict) -> str:
         rows.append(f'<div style="margin:6px 0"><b>layer {n + 1}</b> ({sum(l["dropped"])} dropped): {"".join(spans)}</div>')
     return f'<div style="font-family:monospace;line-height:1.9">{"".join(rows)}</div>'
 
-# %% ../nbs/20_inference.ipynb #4b7d9fbe
+# %% ../nbs/20_inference.ipynb #7332a1fa
 def plot_routing(routing: dict, width: int = 90, path=None):
     "`routing_html` as a matplotlib figure (one panel per layer, `width` characters a line); saved as PNG if `path`."
     import matplotlib.pyplot as plt
@@ -280,7 +280,7 @@ def plot_routing(routing: dict, width: int = 90, path=None):
     if path is not None: fig.savefig(path, dpi=100); plt.close(fig)
     return fig
 
-# %% ../nbs/20_inference.ipynb #5307f739
+# %% ../nbs/20_inference.ipynb #13008164
 @patch
 def evaluate(self: TextClassifier, dataset: str = "imdb", split: str | None = None, source: str = "auto", data_dir=None,
              batch_size: int | None = None, progress: bool = True) -> dict:
@@ -302,7 +302,7 @@ def evaluate(self: TextClassifier, dataset: str = "imdb", split: str | None = No
     return dict(dataset=dataset, split=split, source=source, n=len(y), **classification_metrics(p, y, k),
                 confusion=cm.tolist(), labels=self.labels)
 
-# %% ../nbs/20_inference.ipynb #6b08a493
+# %% ../nbs/20_inference.ipynb #82d7c540
 def read_texts(path, column: str | None = None) -> list[str]:
     "Reviews from a .txt (one per line), .csv or .jsonl file (the column `column`, default 'text')."
     p, col = Path(path), column or "text"
