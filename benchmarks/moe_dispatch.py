@@ -36,6 +36,8 @@ from moe_course.moe import ResNetFeedForward, Switch
 SIZES = {
     "cpu": [(512, 64, 256, 4), (1024, 128, 256, 8), (2048, 128, 256, 16), (4096, 256, 1024, 16)],
     "cuda": [(4096, 512, 2048, 8), (16384, 512, 2048, 8), (16384, 512, 2048, 32), (65536, 768, 3072, 8)],
+    "targets": [(1024, 128, 256, 8), (4096, 256, 1024, 16)],        # the CPU targets of issue 11
+    "gpu-targets": [(16384, 512, 2048, 8), (16384, 512, 2048, 32)],  # the H200 targets of issue 11
     "smoke": [(256, 32, 64, 4)],
 }
 VARIANTS = ["dense", "grouped", "padded", "einsum", "random", "hf", "legacy-index", "legacy-einsum", "legacy-random"]

@@ -79,13 +79,14 @@ _ffn_op = _register("grouped_ffn", _ffn_loop, _ffn_loop_fake, _backward, _setup)
 
 # %% ../nbs/25_grouped_gemm.ipynb #189045b4
 GROUP_ALIGN = 16   # grouped_mm (bf16) needs each group to start on a 16-byte boundary: we pad groups to 16 rows
+_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)   # older torch: private name
 
 @torch.compiler.assume_constant_result
 def _capability_major(index: int) -> int: return torch.cuda.get_device_capability(index)[0]
 
 def grouped_mm_available(x: torch.Tensor, *weights: torch.Tensor) -> bool:
     "True where F.grouped_mm has its fast kernel: CUDA, compute capability 9/10, bf16 (or bf16 autocast), 8 | every width."
-    if not (x.is_cuda and hasattr(F, "grouped_mm")): return False
+    if not (x.is_cuda and _grouped_mm is not None): return False
     bf16 = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16)
     aligned = all(w.shape[-1] % 8 == 0 and w.shape[-2] % 8 == 0 for w in weights)
     return bf16 and aligned and _capability_major(x.device.index or 0) in (9, 10)
@@ -95,8 +96,8 @@ def _ffn_grouped_mm(x, offsets, w1, b1, w2, b2):
     bf = torch.bfloat16
     rows = torch.arange(x.shape[0], device=x.device, dtype=offsets.dtype)
     e = torch.searchsorted(offsets, rows, right=True).clamp_(max=w1.shape[0] - 1)   # the expert of each row
-    h = F.relu(F.grouped_mm(x.to(bf), w1.to(bf), offs=offsets) + b1.to(bf)[e])
-    return F.relu(F.grouped_mm(h, w2.to(bf), offs=offsets) + b2.to(bf)[e])
+    h = F.relu(_grouped_mm(x.to(bf), w1.to(bf), offs=offsets) + b1.to(bf)[e])
+    return F.relu(_grouped_mm(h, w2.to(bf), offs=offsets) + b2.to(bf)[e])
 
 # %% ../nbs/25_grouped_gemm.ipynb #dc583cd0
 def grouped_ffn(x: torch.Tensor, offsets: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,

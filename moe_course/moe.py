@@ -120,7 +120,8 @@ def moe_dispatch(x: torch.Tensor, experts: GroupedExperts, expert_index: torch.T
     else: position, keep, counts = assign_capacity_sorted(expert_index, N, capacity, mask)
     if mode == "grouped":
         align = GROUP_ALIGN if fast else 1
-        size = (counts.clamp(max=capacity) + align - 1) // align * align      # k_i kept rows, rounded up to `align`
+        size = counts.clamp(max=capacity)                                     # k_i = min(count_i, C) kept rows
+        if align > 1: size = (size + align - 1) // align * align              # rounded up for grouped_mm
         end = size.cumsum(0)                                                  # offsets o_i = s_i + k_i
         row, R = (end - size)[expert_index] + position, -(-A // align) * align + N * align   # row = s_e + pos
     else:
@@ -132,14 +133,15 @@ def moe_dispatch(x: torch.Tensor, experts: GroupedExperts, expert_index: torch.T
         D = (D & keep[:, None, None]).reshape(A, R)
         table = torch.where(D.any(0), D.to(torch.uint8).argmax(0), A)         # the one a with D[a,r] = 1, else A
     else: table = torch.full((R + 1,), A, device=dev).scatter_(0, row, torch.arange(A, device=dev))[:R]
-    src = table if token_index is None else token_index[table.clamp(max=A - 1)]
-    # X_r = x of the token in row r, 0 in empty rows: a gather, never D^T x (0 * NaN = NaN would reach every slot)
-    X = torch.where((table < A)[:, None], x.index_select(0, src.clamp(max=x.shape[0] - 1)), 0)
+    n = x.shape[0]
+    src = table if token_index is None else F.pad(token_index, (0, 1), value=n)[table]   # token of row r; empty: n
+    # X_r = x_src(r), where x_n is an extra zero row: a gather, never D^T x (0 * NaN = NaN would reach every slot)
+    X = F.pad(x, (0, 0, 0, 1)).index_select(0, src)
     if mode == "grouped": Y = experts(X, end)
     else: Y = getattr(experts, mode)(X.view(N, buffer, -1)).reshape(R, -1)
-    # y_a = g_a Y_row(a) if kept, else 0: `where` selects, so nothing from an unused row leaks in
-    ya = torch.where(keep[:, None], gate[:, None].to(Y.dtype) * Y.index_select(0, row.clamp(max=R - 1)), 0)
-    y = ya if token_index is None else ya.new_zeros(x.shape[0], ya.shape[-1]).index_add_(0, token_index, ya)
+    # y_t = sum over the rows r of token t of g_a(r) Y_r; empty rows add into the spare row n, cut off at the end
+    g = F.pad(torch.where(keep, gate, 0), (0, 1))[table]                       # gate of the assignment in row r
+    y = Y.new_zeros(n + 1, Y.shape[-1]).index_add_(0, src, g[:, None].to(Y.dtype) * Y)[:n]
     return Dispatch(y, position, keep, counts)
 
 # %% ../nbs/06_moe.ipynb #cf9eaa45

@@ -157,8 +157,9 @@ class Route(nn.Module):
             return RouteOutput(e, torch.ones(n, device=dev))
         with torch.autocast(dev.type, enabled=False):           # router in float32
             xr = x.float()
-            if mask is not None:   # padding rows -> 0, so a NaN there cannot reach W_r's gradient (0 * NaN = NaN)
-                xr = torch.where(mask.reshape(-1, 1).to(dev), xr, 0)
+            if mask is not None:   # padding rows read a zero row: a NaN there cannot reach W_r's gradient (0 * NaN)
+                rows = torch.where(mask.reshape(-1).to(dev), torch.arange(n, device=dev), n)
+                xr = F.pad(xr, (0, 0, 0, 1)).index_select(0, rows)
             if self.training and self.jitter > 0:               # jitter a copy used only by the router
                 xr = xr * torch.empty_like(xr).uniform_(1 - self.jitter, 1 + self.jitter)
             logits = F.linear(xr, self.weight.float())          # h(x) = W_r x
