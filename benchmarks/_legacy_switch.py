@@ -13,20 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from moe_course.moe import ResNetFeedForward
-from moe_course.routing import hash_tokens, load_balanced_loss, router_z_loss
+from moe_course.routing import assign_capacity, hash_tokens, load_balanced_loss, router_z_loss   # unchanged definitions
 
 
 def expert_capacity(num_tokens: int, num_experts: int, capacity_factor: float) -> int:
     return max(1, math.ceil(capacity_factor * num_tokens / num_experts))
-
-
-def assign_capacity(expert_index, num_experts, capacity, mask=None):
-    onehot = F.one_hot(expert_index, num_experts)
-    if mask is not None: onehot = onehot * mask[:, None].long()
-    position = (onehot.cumsum(0) - onehot).gather(1, expert_index[:, None]).squeeze(1)
-    keep = position < capacity
-    if mask is not None: keep = keep & mask
-    return position, keep
 
 
 class LegacyRoute(nn.Module):
