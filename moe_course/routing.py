@@ -116,9 +116,10 @@ def hash_tokens(token_ids: torch.Tensor, num_experts: int, seed: int = 0) -> tor
     return _mix32((token_ids.long() + seed) & 0xFFFFFFFF) % num_experts
 
 def random_experts(n: int, num_experts: int, seed: int, step, mask: torch.Tensor | None = None, device=None):
-    "Uniform experts for n tokens, drawn on the device: mix(k xor mix(mix(seed) + step)) mod N for the k-th real token."
+    "Uniform experts for n tokens, drawn on the device: mix(k xor mix(mix(seed) + step + phi)) mod N for the k-th real token."
     k = torch.arange(n, device=device) if mask is None else (mask.long().cumsum(0) - 1).clamp(min=0)
-    stream = _mix32((_mix32(seed & 0xFFFFFFFF) + step) & 0xFFFFFFFF)     # one 32-bit key per (seed, call)
+    # one 32-bit key per (seed, call); the golden-ratio constant keeps call 0 of seed 0 from being the plain hash of k
+    stream = _mix32((_mix32(seed & 0xFFFFFFFF) + step + 0x9E3779B9) & 0xFFFFFFFF)
     return _mix32(k ^ stream) % num_experts
 
 class Route(nn.Module):

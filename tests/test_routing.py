@@ -220,6 +220,7 @@ def test_random_experts_uniform_and_device_side():
     assert (random_experts(1000, 8, 1, 0) != e[:1000]).float().mean() > 0.8     # another seed: another stream
     step = torch.tensor(5)
     assert torch.equal(random_experts(50, 8, 0, step), random_experts(50, 8, 0, 5))   # a device tensor or an int
+    assert (e[:10000] != hash_tokens(torch.arange(10000), 8)).float().mean() > 0.8   # not the hash of the position
     # consecutive calls are not correlated: the pair (call s, call s+1) is uniform over the 64 cells
     pairs = torch.bincount(e[:20000] * 8 + random_experts(20000, 8, 0, 1), minlength=64).float()
     assert ((pairs - 312.5).abs() < 90).all()
