@@ -10,8 +10,8 @@ from fastcore.script import Param, anno_parser, store_true
 from .config import TrainConfig, PRESETS, CHOICES, get_config
 
 # %% auto #0
-__all__ = ['COMMANDS', 'data', 'train_parser', 'train_cli', 'predict_parser', 'predict_cli', 'evaluate_parser', 'evaluate_cli',
-           'main']
+__all__ = ['COMMANDS', 'data', 'train_parser', 'train_cli', 'read_texts', 'predict_parser', 'predict_cli', 'evaluate_parser',
+           'evaluate_cli', 'main']
 
 # %% ../nbs/90_cli.ipynb #fa49d644
 def data(check: Param("print which datasets are reachable from where", store_true) = False,
@@ -79,6 +79,35 @@ def train_cli(argv) -> int:
     print(f"wrote {Path(out_dir) / 'metrics.json'}, {Path(out_dir) / 'curves.png'} and the model folder {Path(out_dir) / 'model'}")
     return 0
 
+# %% ../nbs/90_cli.ipynb #af8b5f50
+def read_texts(path, column: str | None = None) -> list[str]:
+    "Reviews from a .txt (one per line), .csv or .jsonl file (the column `column`, default 'text')."
+    p, col = Path(path), column or "text"
+    if not p.is_file(): raise FileNotFoundError(f"no file {p}")
+    suf = p.suffix.lower()
+    if suf == ".txt": texts = [l for l in p.read_text(encoding="utf-8").splitlines() if l.strip()]
+    elif suf == ".csv":
+        import pandas as pd
+        try: df = pd.read_csv(p, dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError: df = pd.DataFrame()
+        if len(df.columns) and col not in df.columns:
+            raise ValueError(f"{p} has no column {col!r} (its columns: {', '.join(df.columns)}): name the text column with "
+                             "--column (column= in Python)")
+        texts = df[col].tolist() if len(df) else []
+    elif suf == ".jsonl":
+        texts = []
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip(): continue
+            try: row = json.loads(line)
+            except json.JSONDecodeError as e: raise ValueError(f"{p} line {n} is not JSON ({e})") from e
+            if isinstance(row, dict) and col not in row:
+                raise ValueError(f"{p} line {n} has no {col!r} field (fields: {', '.join(row)}): name the text field with "
+                                 "--column (column= in Python)")
+            texts.append(row[col] if isinstance(row, dict) else row)
+    else: raise ValueError(f"{p}: cannot read {suf or 'files without a suffix'}; use .txt (one review per line), .csv or .jsonl")
+    if not texts: raise ValueError(f"{p} holds no review: put one review per line (.txt) or one per row (.csv, .jsonl)")
+    return texts
+
 # %% ../nbs/90_cli.ipynb #4911393b
 def _guarded(cmd: str, fn):
     "`(fn(), 0)`; its warnings and clear errors (missing files, bad input) printed as one line each on stderr: `(None, 2)`."
@@ -107,7 +136,7 @@ def predict_cli(argv) -> int:
     "`moe-course predict`: print `{label, score}` as one JSON line per text; returns the exit code."
     p = predict_parser(); a = p.parse_args(argv)
     if bool(a.texts) == bool(a.file): p.error("give the texts to classify, or --file FILE (not both)")
-    from moe_course.inference import TextClassifier, read_texts
+    from moe_course.inference import TextClassifier
     def run():
         texts = read_texts(a.file, a.column) if a.file else a.texts
         return TextClassifier.from_pretrained(a.model_dir).predict(texts, a.batch_size, not a.no_progress, a.routing)

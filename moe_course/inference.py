@@ -16,7 +16,7 @@ from .transformer import SwitchTransformerClassifier
 
 # %% auto #0
 __all__ = ['MODEL_FILES', 'CARD', 'check_model_dir', 'TextClassifier', 'model_card', 'token_routing', 'routing_html',
-           'plot_routing', 'read_texts']
+           'plot_routing']
 
 # %% ../nbs/20_inference.ipynb #a9539e9a
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -184,14 +184,13 @@ def _batches(self: TextClassifier, ids, batch_size: int | None = None, progress:
 def predict(self: TextClassifier, texts, batch_size: int | None = None, progress: bool = True,
             routing: bool = False) -> list[dict]:
     "`{'label', 'score'}` per text; `routing=True` adds each token's expert, gate and dropped flag per Switch layer."
-    out, ids = [], self._encode(texts)
-    with _per_token_fields(self.model) if routing else contextlib.nullcontext():
-        for b, o in self._batches(ids, batch_size, progress):
-            score, pred = o.logits.float().softmax(-1).max(-1)
-            rows = [dict(label=self.labels[p], score=s) for p, s in zip(pred.tolist(), score.tolist())]
-            if routing:
-                for r, rt in zip(rows, token_routing(o.diagnostics, b, self.tokenizer)): r["routing"] = rt
-            out += rows
+    out = []
+    for b, o in self._batches(self._encode(texts), batch_size, progress):
+        score, pred = o.logits.float().softmax(-1).max(-1)
+        rows = [dict(label=self.labels[p], score=s) for p, s in zip(pred.tolist(), score.tolist())]
+        if routing:
+            for r, rt in zip(rows, token_routing(o.diagnostics, b, self.tokenizer)): r["routing"] = rt
+        out += rows
     return out
 
 @patch
@@ -201,24 +200,6 @@ def __call__(self: TextClassifier, texts, **kwargs):
     return out[0] if isinstance(texts, str) else out
 
 # %% ../nbs/20_inference.ipynb #ef5576be
-@contextlib.contextmanager
-def _per_token_fields(model):
-    "Until chapter `moe` records per-token routing in SwitchDiagnostics: recompute it with a forward hook per Switch layer."
-    from moe_course.moe import Switch, SwitchDiagnostics
-    from moe_course.routing import assign_capacity
-    def hook(sw, args, out):
-        x, m, tid = (list(args) + [None, None])[:3]
-        m = torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device).reshape(-1) if m is None else m.reshape(-1).bool()
-        r = sw.router(x.reshape(-1, x.shape[-1]), None if tid is None else tid.reshape(-1), m)
-        keep = assign_capacity(r.expert_index, sw.num_experts, out[1].capacity, m)[1]
-        out[1].expert_index, out[1].gate, out[1].kept = r.expert_index.where(m, -1), r.gate.where(m, 0), keep & m
-    legacy = "expert_index" not in SwitchDiagnostics.__dataclass_fields__
-    hooks = [s.register_forward_hook(hook) for s in model.modules() if legacy and isinstance(s, Switch)]
-    try: yield
-    finally:
-        for h in hooks: h.remove()
-
-# %% ../nbs/20_inference.ipynb #0cee63ca
 def token_routing(diagnostics, batch: dict, tokenizer) -> list[dict]:
     "Per text of `batch`: `tokens`, and per Switch layer each token's `expert`, `gate` and `dropped` (over capacity)."
     if not diagnostics: raise ValueError("this model has no Switch layer (num_experts=1): there is no routing to show")
@@ -231,7 +212,7 @@ def token_routing(diagnostics, batch: dict, tokenizer) -> list[dict]:
                                      dropped=(~k[b, :n]).tolist()) for e, g, k in layers]))
     return out
 
-# %% ../nbs/20_inference.ipynb #c51b623e
+# %% ../nbs/20_inference.ipynb #e59900b0
 def _expert_colour(e: int, alpha: float = 1.0) -> tuple:
     import matplotlib
     return (*matplotlib.colormaps["tab10"](e % 10)[:3], alpha)
@@ -256,7 +237,7 @@ def routing_html(routing: dict) -> str:
         rows.append(f'<div style="margin:6px 0"><b>layer {n + 1}</b> ({sum(l["dropped"])} dropped): {"".join(spans)}</div>')
     return f'<div style="font-family:monospace;line-height:1.9">{"".join(rows)}</div>'
 
-# %% ../nbs/20_inference.ipynb #7332a1fa
+# %% ../nbs/20_inference.ipynb #4b7d9fbe
 def plot_routing(routing: dict, width: int = 90, path=None):
     "`routing_html` as a matplotlib figure (one panel per layer, `width` characters a line); saved as PNG if `path`."
     import matplotlib.pyplot as plt
@@ -280,7 +261,7 @@ def plot_routing(routing: dict, width: int = 90, path=None):
     if path is not None: fig.savefig(path, dpi=100); plt.close(fig)
     return fig
 
-# %% ../nbs/20_inference.ipynb #13008164
+# %% ../nbs/20_inference.ipynb #5307f739
 @patch
 def evaluate(self: TextClassifier, dataset: str = "imdb", split: str | None = None, source: str = "auto", data_dir=None,
              batch_size: int | None = None, progress: bool = True) -> dict:
@@ -301,32 +282,3 @@ def evaluate(self: TextClassifier, dataset: str = "imdb", split: str | None = No
     cm = torch.bincount(y * k + p, minlength=k * k).reshape(k, k)        # cm[true, predicted]
     return dict(dataset=dataset, split=split, source=source, n=len(y), **classification_metrics(p, y, k),
                 confusion=cm.tolist(), labels=self.labels)
-
-# %% ../nbs/20_inference.ipynb #82d7c540
-def read_texts(path, column: str | None = None) -> list[str]:
-    "Reviews from a .txt (one per line), .csv or .jsonl file (the column `column`, default 'text')."
-    p, col = Path(path), column or "text"
-    if not p.is_file(): raise FileNotFoundError(f"no file {p}")
-    suf = p.suffix.lower()
-    if suf == ".txt": texts = [l for l in p.read_text(encoding="utf-8").splitlines() if l.strip()]
-    elif suf == ".csv":
-        import pandas as pd
-        try: df = pd.read_csv(p, dtype=str, keep_default_na=False)
-        except pd.errors.EmptyDataError: df = pd.DataFrame()
-        if len(df.columns) and col not in df.columns:
-            raise ValueError(f"{p} has no column {col!r} (its columns: {', '.join(df.columns)}): name the text column with "
-                             "column= (--column in the CLI)")
-        texts = df[col].tolist() if len(df) else []
-    elif suf == ".jsonl":
-        texts = []
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip(): continue
-            try: row = json.loads(line)
-            except json.JSONDecodeError as e: raise ValueError(f"{p} line {n} is not JSON ({e})") from e
-            if isinstance(row, dict) and col not in row:
-                raise ValueError(f"{p} line {n} has no {col!r} field (fields: {', '.join(row)}): name the text field with "
-                                 "column= (--column in the CLI)")
-            texts.append(row[col] if isinstance(row, dict) else row)
-    else: raise ValueError(f"{p}: cannot read {suf or 'files without a suffix'}; use .txt (one review per line), .csv or .jsonl")
-    if not texts: raise ValueError(f"{p} holds no review: put one review per line (.txt) or one per row (.csv, .jsonl)")
-    return texts

@@ -2,7 +2,7 @@
 import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
-from moe_course.cli import main, train_cli
+from moe_course.cli import main, read_texts, train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -140,3 +140,28 @@ def test_train_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert f"--resume: no checkpoint (last.pt) in {out}: starting a fresh run there" in stdout
     assert (out / "last.pt").exists() and json.loads((out / "metrics.json").read_text())["status"] == "completed"
+
+# --- read_texts: the files `moe-course predict --file` reads -------------------------------------------------------
+def test_empty_files(tmp_path):
+    for name, body in [("a.txt", "\n  \n"), ("b.csv", ""), ("c.csv", "text\n"), ("d.jsonl", "\n")]:
+        (tmp_path / name).write_text(body)
+        with pytest.raises(ValueError, match="holds no review"): read_texts(tmp_path / name)
+
+def test_csv_or_jsonl_without_the_text_column(tmp_path):
+    (tmp_path / "r.csv").write_text("id,review\n1,Great film.\n")
+    with pytest.raises(ValueError, match=r"has no column 'text' \(its columns: id, review\): name the text column"):
+        read_texts(tmp_path / "r.csv")
+    assert read_texts(tmp_path / "r.csv", column="review") == ["Great film."]
+    (tmp_path / "r.jsonl").write_text('{"review": "Great film."}\n')
+    with pytest.raises(ValueError, match="line 1 has no 'text' field"): read_texts(tmp_path / "r.jsonl")
+    (tmp_path / "r.tsv").write_text("x")
+    with pytest.raises(ValueError, match="use .txt"): read_texts(tmp_path / "r.tsv")
+    with pytest.raises(FileNotFoundError, match="no file"): read_texts(tmp_path / "none.txt")
+
+def test_read_texts_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("Great film.\n\nTerrible, plot.\n")
+    (tmp_path / "a.csv").write_text('text,id\n"Great, film.",1\nTerrible.,2\n')
+    (tmp_path / "a.jsonl").write_text('{"text": "Great film."}\n\n"Terrible."\n')
+    assert read_texts(tmp_path / "a.txt") == ["Great film.", "Terrible, plot."]
+    assert read_texts(tmp_path / "a.csv") == ["Great, film.", "Terrible."]
+    assert read_texts(tmp_path / "a.jsonl") == ["Great film.", "Terrible."]

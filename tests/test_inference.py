@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest, torch
 from moe_course.batching import collate_batch, encode_texts, train_tokenizer
 from moe_course.data import as_texts, load_text_dataset
-from moe_course.inference import MODEL_FILES, TextClassifier, check_model_dir, plot_routing, read_texts, routing_html
+from moe_course.inference import MODEL_FILES, TextClassifier, check_model_dir, plot_routing, routing_html
 from moe_course.moe import Switch
 from moe_course.transformer import SwitchTransformerClassifier
 
@@ -138,30 +138,6 @@ def test_long_text_is_truncated_with_one_warning(clf, texts):
     assert len(ids) == 32 and ids[-1] == 3                            # cut to max_len, [SEP] kept
     with warnings.catch_warnings():
         warnings.simplefilter("error"); clf.predict(["short", "texts only"], progress=False)   # no warning
-
-def test_empty_files(tmp_path):
-    for name, body in [("a.txt", "\n  \n"), ("b.csv", ""), ("c.csv", "text\n"), ("d.jsonl", "\n")]:
-        (tmp_path / name).write_text(body)
-        with pytest.raises(ValueError, match="holds no review"): read_texts(tmp_path / name)
-
-def test_csv_or_jsonl_without_the_text_column(tmp_path):
-    (tmp_path / "r.csv").write_text("id,review\n1,Great film.\n")
-    with pytest.raises(ValueError, match=r"has no column 'text' \(its columns: id, review\): name the text column"):
-        read_texts(tmp_path / "r.csv")
-    assert read_texts(tmp_path / "r.csv", column="review") == ["Great film."]
-    (tmp_path / "r.jsonl").write_text('{"review": "Great film."}\n')
-    with pytest.raises(ValueError, match="line 1 has no 'text' field"): read_texts(tmp_path / "r.jsonl")
-    (tmp_path / "r.tsv").write_text("x")
-    with pytest.raises(ValueError, match="use .txt"): read_texts(tmp_path / "r.tsv")
-    with pytest.raises(FileNotFoundError, match="no file"): read_texts(tmp_path / "none.txt")
-
-def test_read_texts_formats(tmp_path):
-    (tmp_path / "a.txt").write_text("Great film.\n\nTerrible, plot.\n")
-    (tmp_path / "a.csv").write_text('text,id\n"Great, film.",1\nTerrible.,2\n')
-    (tmp_path / "a.jsonl").write_text('{"text": "Great film."}\n\n"Terrible."\n')
-    assert read_texts(tmp_path / "a.txt") == ["Great film.", "Terrible, plot."]
-    assert read_texts(tmp_path / "a.csv") == ["Great, film.", "Terrible."]
-    assert read_texts(tmp_path / "a.jsonl") == ["Great film.", "Terrible."]
 
 @pytest.mark.parametrize("dataset,split,msg", [("imdb", "dev", "unknown split 'dev' of imdb: choose one of train, test"),
                                                ("imdb", "validation", "choose one of train, test"),
