@@ -14,7 +14,7 @@ __all__ = ['CHOICES', 'PRESETS', 'TrainConfig', 'get_config']
 # %% ../nbs/09_config.ipynb #a21cd214
 def _f(default, help): return field(default=default, metadata=dict(help=help))
 
-CHOICES = dict(router=("switch", "random", "hash"), dispatch=("index", "einsum"), norm=("pre", "post"),
+CHOICES = dict(router=("switch", "random", "hash"), dispatch=("grouped", "padded", "einsum"), norm=("pre", "post"),
                precision=("auto", "fp32", "bf16"), scheduler=("plateau", "cosine", "none"),
                source=("auto", "local", "hub", "sample"))
 
@@ -44,7 +44,7 @@ class TrainConfig:
     num_experts: int = _f(4, "experts per Switch layer (1 = dense)")
     capacity_factor: float = _f(1.25, "expert capacity = factor x tokens / experts")
     router: str = _f("switch", "router: switch (learned top-1), random or hash")
-    dispatch: str = _f("index", "how tokens reach experts: index (gather/scatter) or einsum (one-hot)")
+    dispatch: str = _f("grouped", "how tokens reach experts: grouped (sort + grouped GEMM), padded (capacity buffer) or einsum (one-hot, for teaching); index = grouped")
     norm: str = _f("pre", "LayerNorm placement: pre or post")
     dropout: float = _f(0.1, "dropout")
     noise_std: float = _f(0.0, "std of Gaussian noise added to embeddings in training")
@@ -64,6 +64,7 @@ class TrainConfig:
     fgm: bool = _f(False, "FGM adversarial training on the token embeddings")
     fgm_epsilon: float = _f(1.0, "FGM perturbation norm")
     precision: str = _f("auto", "auto (bf16 on a CUDA GPU, else fp32), fp32 or bf16")
+    compile: bool = _f(False, "torch.compile the model in fit (recompiles for new input shapes); pays off on a GPU, not in short CPU runs")
     # bookkeeping
     seed: int = _f(0, "random seed")
     progress: bool = _f(True, "show progress bars")
@@ -71,6 +72,7 @@ class TrainConfig:
     max_epochs_this_run: int | None = _f(None, "stop after this many epochs in this call (resume later)")
 
     def __post_init__(self):
+        if self.dispatch == "index": self.dispatch = "grouped"   # the name before stacked experts (saved configs)
         for k, opts in CHOICES.items():
             if getattr(self, k) not in opts: raise ValueError(f"{k}={getattr(self, k)!r} is not one of {opts}")
         pos = ["max_len", "vocab_size", "batch_size", "d_model", "n_heads", "d_ff", "n_layers", "num_experts", "epochs"]
@@ -109,7 +111,7 @@ PRESETS: dict[str, TrainConfig] = {
         name="imdb-switch-gpu", source="auto", max_len=512, vocab_size=30000, d_model=256, n_heads=4, d_ff=512,
         n_layers=2, num_experts=8, batch_size=64, eval_batch_size=512, dropout=0.1, noise_std=0.0, epochs=6,
         lr=1e-3, weight_decay=0.05, scheduler="cosine", warmup_frac=0.1, patience=0, label_smoothing=0.1,
-        aux_weight=0.01, fgm=True, fgm_epsilon=1.0, grad_clip=1.0),
+        aux_weight=0.01, fgm=True, fgm_epsilon=1.0, grad_clip=1.0, compile=True),
     # CPU preset for students (chapter 23_pretrain): >= 85.12% in <= 15 min on 2 cores; long inputs, big vocabulary
     "imdb-switch-cpu": TrainConfig(
         name="imdb-switch-cpu", source="auto", max_len=384, vocab_size=30000, d_model=64, n_heads=4, d_ff=128,

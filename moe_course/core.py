@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['device_info', 'git_commit', 'timer', 'peak_memory_mb', 'save_result', 'load_results']
+__all__ = ['device_info', 'git_commit', 'timer', 'peak_memory_mb', 'save_result', 'project_root', 'results_dir', 'load_results']
 
 # %% ../nbs/00_core.ipynb #c9804605
 def device_info() -> dict:
@@ -68,7 +68,18 @@ def save_result(path: str | Path, payload: dict, wall_time_s: float | None = Non
     tmp.replace(path)  # atomic: a crash never leaves half a record
     return path
 
-def load_results(pattern: str = "*.json", folder: str | Path = "results") -> list[dict]:
-    "Read every JSON record under `folder` matching `pattern`, sorted by creation time."
-    recs = [json.loads(p.read_text()) for p in sorted(Path(folder).glob(pattern))]
+def project_root(start: str | Path | None = None) -> Path | None:
+    "The checkout holding `start` (default: the working directory): the nearest folder upwards with a `settings.ini`."
+    start = Path(start or Path.cwd()).resolve()
+    return next((p for p in (start, *start.parents) if (p / "settings.ini").exists()), None)
+
+def results_dir(start: str | Path | None = None) -> Path:
+    "The checkout's `results/` folder (found upwards from `start` or the working directory), else `./results`."
+    root = project_root(start)
+    return root / "results" if root is not None else Path("results")
+
+def load_results(pattern: str = "*.json", folder: str | Path | None = None) -> list[dict]:
+    "Read every JSON record under `folder` (default `results_dir()`) matching `pattern`, sorted by creation time."
+    folder = results_dir() if folder is None else Path(folder)
+    recs = [json.loads(p.read_text()) for p in sorted(folder.glob(pattern))]
     return sorted(recs, key=lambda r: r.get("created", ""))

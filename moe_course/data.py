@@ -146,8 +146,10 @@ def load_text_dataset(name: str, source: str = "auto", data_dir=None, sample: bo
         raise ValueError("source='local' needs data_dir= or the MOE_COURSE_DATA environment variable")
     if source in ("local", "auto") and data_dir: return _load_local(name, Path(data_dir))
     if source == "hub" or (source == "auto" and hub_reachable()): return _load_hub(name)
-    _log.warning("%s: using the bundled sample in %s; results are NOT comparable with the full data or published "
-                "numbers (pass data_dir= or set MOE_COURSE_DATA for the full data)", name, sample_dir())
+    # asked for the samples: a note (INFO); fell back to them: a WARNING, since the caller wanted the full data
+    _log.log(logging.INFO if source == "sample" else logging.WARNING, "%s: using the bundled sample in %s; results "
+             "are NOT comparable with the full data or published numbers (pass data_dir= or set MOE_COURSE_DATA for the "
+             "full data)", name, sample_dir())
     return _load_local(name, sample_dir(), "sample")
 
 # %% ../nbs/01_data.ipynb #bc2dc1b3

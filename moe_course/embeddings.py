@@ -35,7 +35,8 @@ class TokenAndPositionEmbedding(nn.Module):
         if T > self.max_len:
             raise ValueError(f"sequence length {T} exceeds max_len={self.max_len}: truncate the input "
                              f"(encode_texts(..., max_len={self.max_len})) or build the model with a larger max_len")
-        if not input_ids.is_cuda and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
+        # checked in eager CPU runs only: on a GPU reading min/max stalls for the device, under torch.compile it breaks the graph
+        if not (input_ids.is_cuda or torch.compiler.is_compiling()) and input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.vocab_size):
             raise ValueError(f"token ids must be in [0, {self.vocab_size}); got min {int(input_ids.min())}, "
                              f"max {int(input_ids.max())}: was the tokenizer's vocabulary larger than vocab_size?")
         positions = torch.arange(T, device=input_ids.device)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/19_finetune.ipynb #6fc1efc3
 from __future__ import annotations
-import logging, math, os, shutil, tempfile, time, warnings
+import math, os, shutil, tempfile, time, warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,11 +33,7 @@ def _check_task(task):
 def load_task(task: str, data_dir=None, sample: bool = False):
     "The task's `DatasetDict` (train + validation) via `moe_course.data.load_text_dataset`."
     _check_task(task)
-    if not sample: return load_text_dataset(task, data_dir=data_dir)
-    log, level = logging.getLogger("moe_course.data"), logging.getLogger("moe_course.data").level
-    log.setLevel(logging.ERROR)  # sample=True was asked for: no "this is only the sample" warning
-    try: return load_text_dataset(task, data_dir=data_dir, sample=True)
-    finally: log.setLevel(level)
+    return load_text_dataset(task, data_dir=data_dir, sample=sample)
 
 # %% ../nbs/19_finetune.ipynb #8c551549
 def tiny_roberta(texts, vocab_size: int = 2000, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2,
@@ -259,8 +255,8 @@ REFERENCE = {("sst2", "lora"): 92.32, ("sst2", "bitfit"): 89.22, ("rte", "lora")
 PUBLISHED = {("sst2", "lora"): 95.1, ("rte", "lora"): 86.6, ("sst2", "bitfit"): 93.7, ("rte", "bitfit"): 81.5,
              ("sst2", "full"): 94.8, ("rte", "full"): 78.7}
 
-def results_table(records=None, folder="results", pattern="peft_*.json") -> "pd.DataFrame":
-    "Reference and published accuracies (%) with any measured runs from `results/peft_*.json` beside them."
+def results_table(records=None, folder=None, pattern="peft_*.json") -> "pd.DataFrame":
+    "Reference and published accuracies (%) with any measured runs from `results/peft_*.json` (default folder: the checkout's) beside them."
     import pandas as pd
     records = load_results(pattern, folder) if records is None else records
     rows = {k: dict(task=k[0], method=k[1], reference=REFERENCE.get(k), published=v) for k, v in PUBLISHED.items()}

@@ -14,7 +14,7 @@ from .config import TrainConfig, get_config
 from .optim import *
 
 # %% auto #0
-__all__ = ['make_accelerator', 'NonFiniteLoss', 'train_one_epoch', 'evaluate', 'plot_history', 'fit']
+__all__ = ['make_accelerator', 'NonFiniteLoss', 'train_step', 'train_one_epoch', 'evaluate', 'plot_history', 'fit']
 
 # %% ../nbs/11_learner.ipynb #49864b0c
 def make_accelerator(cfg: TrainConfig):
@@ -24,7 +24,8 @@ def make_accelerator(cfg: TrainConfig):
     from accelerate.utils import DistributedDataParallelKwargs
     mp = dict(auto="bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no",
               fp32="no", bf16="bf16")[cfg.precision]
-    # an expert that receives no token in a batch gets no gradient: DDP must be told to expect that
+    # DDP must be told when a step may leave a parameter without a gradient. The stacked experts always get one
+    # (zero for an idle expert), but other models trained with `fit` may not: stay tolerant
     ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.num_experts > 1)
     kw = dict(mixed_precision=mp, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
     try: return Accelerator(**kw)
@@ -37,40 +38,44 @@ class NonFiniteLoss(RuntimeError): pass
 
 def _inputs(batch): return {k: v for k, v in batch.items() if k != "labels"}
 
+def train_step(acc, model, batch: dict, opt, cfg, sched=None, fgm=None):
+    "One optimisation step on `batch`: (output, loss, ce, aux), the losses detached. Reads nothing back from the device."
+    labels, inputs = batch["labels"], _inputs(batch)
+    out = model(**inputs)
+    loss, ce, aux = compute_loss(out, labels, cfg)
+    acc.backward(loss)
+    if fgm is not None and fgm.attack():  # adversarial pass on perturbed embeddings; gradients accumulate
+        acc.backward(compute_loss(model(**inputs), labels, cfg)[0])
+        fgm.restore()
+    if cfg.grad_clip > 0: acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step(); opt.zero_grad(set_to_none=True)
+    if sched is not None: sched.step()
+    return out, loss.detach(), ce.detach(), aux
+
 def train_one_epoch(acc, model, loader, opt, cfg, sched=None, fgm=None, log_every: int = 25, desc="train") -> dict:
     "Train for one epoch; returns loss, accuracy, aux loss, expert load, dropped tokens and throughput."
     model.train(); dev = acc.device
-    sums = torch.zeros(5, device=dev)  # loss*n, ce*n, aux*n, correct, n
-    tokens = torch.zeros((), device=dev); load = dropped = None; t0 = time.perf_counter()
+    sums = torch.zeros(4, device=dev)  # loss*n, ce*n, aux*n, correct (on the device); n is counted on the host
+    tokens = torch.zeros((), device=dev); n_seen = 0; load = dropped = None; t0 = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, disable=not (cfg.progress and acc.is_main_process))
     for step, batch in enumerate(bar):
-        labels = batch["labels"]; inputs = _inputs(batch)
-        out = model(**inputs)
-        loss, ce, aux = compute_loss(out, labels, cfg)
-        acc.backward(loss)
-        if fgm is not None and fgm.attack():  # adversarial pass on perturbed embeddings; gradients accumulate
-            acc.backward(compute_loss(model(**inputs), labels, cfg)[0])
-            fgm.restore()
-        if cfg.grad_clip > 0: acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step(); opt.zero_grad(set_to_none=True)
-        if sched is not None: sched.step()
-        n = labels.numel(); logits = unpack_output(out)[0]
-        sums += torch.stack([loss.detach() * n, ce.detach() * n, aux * n,
-                             (logits.argmax(-1) == labels).sum().float(), torch.tensor(float(n), device=dev)])
-        am = inputs.get("attention_mask")
+        out, loss, ce, aux = train_step(acc, model, batch, opt, cfg, sched, fgm)
+        labels = batch["labels"]; n = labels.numel(); n_seen += n; logits = unpack_output(out)[0]
+        sums += torch.stack([loss * n, ce * n, aux * n, (logits.argmax(-1) == labels).sum().float()])
+        am = batch.get("attention_mask")
         tokens += am.sum() if am is not None else n
         l, d = expert_stats(unpack_output(out)[3])
         if l is not None: load, dropped = (l, d) if load is None else (load + l, dropped + d)
         if (step + 1) % log_every == 0 or step + 1 == len(loader):
-            cur = (sums[0] / sums[4]).item()
+            cur = (sums[0] / n_seen).item()
             if not math.isfinite(cur): raise NonFiniteLoss(f"loss became {cur} at step {step + 1}")
             bar.set_postfix(loss=f"{cur:.4f}")
-    tot = acc.reduce(torch.cat([sums, tokens[None]]), reduction="sum").tolist()
+    tot = acc.reduce(torch.cat([sums, tokens[None], torch.full((1,), float(n_seen), device=dev)]), reduction="sum").tolist()
     if load is not None: load, dropped = acc.reduce(load, "sum").tolist(), acc.reduce(dropped, "sum").item()
     secs = time.perf_counter() - t0
-    return dict(train_loss=tot[0] / tot[4], train_ce=tot[1] / tot[4], aux_loss=tot[2] / tot[4], train_samples=int(tot[4]),
-                train_acc=tot[3] / tot[4], expert_load=load, tokens_dropped=dropped,
-                tokens_per_s=tot[5] / secs, train_time_s=secs)
+    return dict(train_loss=tot[0] / tot[5], train_ce=tot[1] / tot[5], aux_loss=tot[2] / tot[5], train_samples=int(tot[5]),
+                train_acc=tot[3] / tot[5], expert_load=load, tokens_dropped=dropped,
+                tokens_per_s=tot[4] / secs, train_time_s=secs)
 
 @torch.no_grad()
 def evaluate(acc, model, loader, cfg=None, desc="eval") -> dict:
@@ -94,7 +99,7 @@ def _set_rng_state(s):
     if s.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
 
 def _module_generators(model) -> dict:
-    "Modules that keep their own `torch.Generator` in `_gen` (e.g. the random router): name -> generator."
+    "Modules that keep their own `torch.Generator` in `_gen` (e.g. the ViT's BatchAugment): name -> generator."
     return {n: m._gen for n, m in model.named_modules() if isinstance(getattr(m, "_gen", None), torch.Generator)}
 
 def _reseed(seed: int):
@@ -146,6 +151,7 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig | None = None, out_dir
     model, opt, train_dl, valid_dl = acc.prepare(model, opt, loaders["train"], loaders["valid"])
     test_dl = acc.prepare(loaders["test"]) if loaders.get("test") is not None else None
     raw = acc.unwrap_model(model)
+    if cfg.compile: raw.compile()      # in place: the same module and state_dict, a compiled __call__
     sched = make_scheduler(opt, cfg, len(train_dl))
     fgm = None
     if cfg.fgm:
@@ -160,8 +166,9 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig | None = None, out_dir
         early.load_state_dict(s["early"]); early.best_state = s["best_model"]
         history, start, done = s["history"], s["epoch"], s["done"]; _set_rng_state(s["rng"])
         mods = dict(raw.named_modules())
-        for k, st in s.get("generators", {}).items():  # e.g. the random router's own stream
-            if k in mods: mods[k]._gen = torch.Generator(); mods[k]._gen.set_state(st)
+        for k, st in s.get("generators", {}).items():  # e.g. the ViT augmentation's own stream
+            dev, st = (st["device"], st["state"]) if isinstance(st, dict) else ("cpu", st)   # older checkpoints: cpu
+            if k in mods: mods[k]._gen = torch.Generator(device=dev); mods[k]._gen.set_state(st)
         acc.print(f"Resuming from {ckpt}: {start} epoch(s) done")
     elif resume: acc.print(f"No checkpoint in {out}; starting from scratch")
     ran, show = 0, cfg.progress and acc.is_main_process
@@ -193,7 +200,8 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig | None = None, out_dir
                               scheduler=sched.state_dict() if sched is not None else None, early=early.state_dict(),
                               best_model=early.best_state, history=history, epoch=epoch + 1, done=done,
                               rng=_rng_state(), config=cfg.to_dict(),
-                              generators={k: g.get_state() for k, g in _module_generators(raw).items()}), ckpt)
+                              generators={k: dict(device=str(g.device), state=g.get_state())
+                                          for k, g in _module_generators(raw).items()}), ckpt)
         if out is not None and acc.is_main_process and history[-1]["epoch_time_s"] > 30:  # long epochs: watchable curves
             plot_history(history, out / "curves.png")
         acc.wait_for_everyone()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_optim.ipynb #fc091dca
 from __future__ import annotations
-import math
+import functools, math
 
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -12,7 +12,7 @@ from .config import TrainConfig, get_config
 
 # %% auto #0
 __all__ = ['TinyTextClassifier', 'synthetic_loaders', 'classification_metrics', 'unpack_output', 'compute_loss', 'make_optimizer',
-           'make_scheduler', 'EarlyStopping', 'expert_stats']
+           'warmup_cosine', 'make_scheduler', 'EarlyStopping', 'expert_stats']
 
 # %% ../nbs/10_optim.ipynb #1c7e9158
 class TinyTextClassifier(nn.Module):
@@ -81,6 +81,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig):
               dict(params=[p for p in ps if p.ndim < 2], weight_decay=0.0)]
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
+def warmup_cosine(t: int, total: int, warm: int) -> float:
+    "Multiplier of the peak lr at step `t` (0-based) of `total`: linear warm-up over `warm` steps, then cosine."
+    if t < warm: return (t + 1) / warm                              # eta_t = eta (t+1)/T_w
+    return 0.5 * (1 + math.cos(math.pi * (t - warm) / max(1, total - warm)))  # eta_t = eta (1 + cos(pi (t-T_w)/(T-T_w)))/2
+
 def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
     "ReduceLROnPlateau (stepped per epoch on valid loss), warmup+cosine (stepped per batch) or None."
     if cfg.scheduler == "plateau":
@@ -88,9 +93,7 @@ def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
                                                           patience=cfg.plateau_patience)
     if cfg.scheduler == "cosine":
         total = max(1, cfg.epochs * steps_per_epoch); warm = int(cfg.warmup_frac * total)
-        # lr(t) = lr * t/warm during warmup, then lr * (1 + cos(pi * progress)) / 2
-        f = lambda t: (t + 1) / max(1, warm) if t < warm else 0.5 * (1 + math.cos(math.pi * (t - warm) / max(1, total - warm)))
-        return torch.optim.lr_scheduler.LambdaLR(opt, f)
+        return torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(warmup_cosine, total=total, warm=warm))
     return None
 
 class EarlyStopping:

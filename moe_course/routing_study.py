@@ -41,7 +41,7 @@ def load_balance(diagnostics: list) -> dict | None:
         for j, dd in enumerate(d if isinstance(d, (list, tuple)) else [d]):
             k = j if isinstance(d, (list, tuple)) else i
             n, drop, tok = per_layer.get(k, (0, 0, 0))
-            per_layer[k] = (n + dd.tokens_per_expert.double().cpu(), drop + dd.dropped, tok + dd.num_tokens)
+            per_layer[k] = (n + dd.tokens_per_expert.double().cpu(), drop + int(dd.dropped), tok + int(dd.num_tokens))
     cv, mx, drop, tok = [], [], 0, 0
     for n, dr, t in per_layer.values():
         mean = n.mean().clamp_min(1e-12)

@@ -233,8 +233,8 @@ def plot_curves(rows: list[dict], title: str = "", ncols: int = 4, keys=tuple(ra
     return fig
 
 # %% ../nbs/15_sequence_models.ipynb #9d3257de
-def load_sequence_results(folder="results") -> dict:
-    "Per dataset, the `sequence_models_*.json` records merged (a later row of a setting replaces an earlier one), and the latest robustness record."
+def load_sequence_results(folder=None) -> dict:
+    "Per dataset (from `folder`, default the checkout's `results/`), the `sequence_models_*.json` records merged (a later row of a setting replaces an earlier one), and the latest robustness record."
     from moe_course.core import load_results
     out = {}
     for r in load_results("sequence_models_*.json", folder):  # oldest first, e.g. settings 1-7 then a BERT-only run

@@ -40,7 +40,7 @@ class MultiHeadSelfAttention(nn.Module):
 class TransformerBlock(nn.Module):
     "Attention + (Switch | dense) FFN with residuals, LayerNorm and dropout; forward(x, mask) -> (x, diag|None)."
     def __init__(self, d_model: int, n_heads: int, d_ff: int, num_experts: int = 1, capacity_factor: float = 1.25,
-                 router: str = "switch", dispatch: str = "index", norm: str = "pre", dropout: float = 0.1,
+                 router: str = "switch", dispatch: str = "grouped", norm: str = "pre", dropout: float = 0.1,
                  jitter: float = 0.0, seed: int = 0):
         super().__init__()
         if norm not in ("pre", "post"): raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
@@ -76,7 +76,7 @@ class SwitchTransformerClassifier(nn.Module):
     "Embedding -> n_layers TransformerBlocks (Switch FFN if num_experts > 1) -> masked mean pool -> linear head."
     def __init__(self, vocab_size: int, num_classes: int = 2, max_len: int = 512, d_model: int = 128, n_heads: int = 4,
                  d_ff: int = 256, n_layers: int = 2, num_experts: int = 4, capacity_factor: float = 1.25,
-                 router: str = "switch", dispatch: str = "index", norm: str = "pre", dropout: float = 0.1,
+                 router: str = "switch", dispatch: str = "grouped", norm: str = "pre", dropout: float = 0.1,
                  noise_std: float = 0.0, pad_id: int | None = 0, jitter: float = 0.0):
         super().__init__()
         self.max_len, self.pad_id = max_len, pad_id
@@ -114,6 +114,6 @@ def count_parameters(model: nn.Module) -> dict:
     inactive = 0
     for m in model.modules():
         if isinstance(m, Switch):
-            sizes = [sum(p.numel() for p in e.parameters()) for e in m.experts]
-            inactive += sum(sizes) - max(sizes)          # all experts but one
+            per_expert = sum(p.numel() for p in m.experts.parameters()) // m.num_experts
+            inactive += (m.num_experts - 1) * per_expert          # all experts but one
     return dict(total=total, active=total - inactive)

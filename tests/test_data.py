@@ -60,14 +60,15 @@ def test_env_var_is_a_local_source(monkeypatch, caplog):
 
 @pytest.mark.parametrize("name", list(DATASETS))
 def test_samples_offline(name, no_network, caplog):
-    with caplog.at_level(logging.WARNING, logger="moe_course.data"):
+    with caplog.at_level(logging.INFO, logger="moe_course.data"):
         dsd = load_text_dataset(name, sample=True)
     spec = DATASETS[name]
     assert list(dsd) == [s for s in spec["splits"] + spec["optional"] if (SAMPLE_DIR / name / f"{s}.parquet").exists()]
     for ds in dsd.values():
         assert ds.column_names == list(spec["columns"])
         assert ds.features["label"].num_classes == 2
-    assert "NOT comparable" in caplog.text
+    notes = [r for r in caplog.records if "NOT comparable" in r.getMessage()]
+    assert [r.levelno for r in notes] == [logging.INFO]  # asked for: a note, not a warning
 
 
 def test_auto_falls_back_to_samples_without_network(no_network, caplog):
@@ -76,6 +77,7 @@ def test_auto_falls_back_to_samples_without_network(no_network, caplog):
         dsd = load_text_dataset("imdb")
     assert len(dsd["train"]) == pq.read_metadata(SAMPLE_DIR / "imdb" / "train.parquet").num_rows
     assert "bundled sample" in caplog.text
+    assert any(r.levelno == logging.WARNING and "NOT comparable" in r.getMessage() for r in caplog.records)
 
 
 def test_samples_are_balanced_and_sized():

@@ -143,3 +143,43 @@ def test_augmentation_uses_deletion_swap_and_replacement_from_training_vocab():
     assert len(out) == 4 and all(w in vocab for w in out)
     off = build_loaders(get_config("quick", augment=True, aug_p_replace=0.0), dsd=dsd)["train"].dataset.augment
     assert off.keywords["vocab"] is None
+
+
+class NoisyTiny(TinyTextClassifier):
+    "TinyTextClassifier that adds noise from its own torch.Generator in `_gen` (as the ViT's BatchAugment does)."
+    def __init__(self):
+        super().__init__(); self._gen = None
+    def forward(self, input_ids, attention_mask=None):
+        out = super().forward(input_ids, attention_mask)
+        if not self.training: return out
+        if self._gen is None: self._gen = torch.Generator().manual_seed(5)
+        return out + 0.5 * torch.randn(out.shape, generator=self._gen)
+
+def _switch_model(**kw):
+    from moe_course.transformer import SwitchTransformerClassifier
+    torch.manual_seed(0)
+    return SwitchTransformerClassifier(100, max_len=24, d_model=16, n_heads=2, d_ff=32, n_layers=1, num_experts=4, **kw)
+
+def _noisy():
+    torch.manual_seed(0); return NoisyTiny()
+
+@pytest.mark.parametrize("make", [_noisy, lambda: _switch_model(router="random")])
+def test_resume_restores_module_random_streams(tmp_path, make):
+    "A module generator (saved with its device) and the random router's `draws` buffer (in the state_dict) resume exactly."
+    full = _run(tmp_path / "full", model=make())
+    _run(tmp_path / "res", model=make(), max_epochs_this_run=2)
+    s = torch.load(tmp_path / "res" / "last.pt", weights_only=False)
+    if make is _noisy: assert s["generators"][""]["device"] == "cpu"
+    else: assert s["model"]["blocks.0.ffn.router.draws"].item() > 0
+    done = _run(tmp_path / "res", model=make(), resume=True)
+    assert _metrics(done) == _metrics(full) and done["test"] == full["test"]
+
+def test_compile_trains_like_eager(tmp_path):
+    "cfg.compile compiles the model in place (same state_dict keys); the metrics match eager training."
+    eager = _run(tmp_path / "e", epochs=1, model=_switch_model(dropout=0.0), checkpoint=False)   # dropout: RNG differs
+    torch._dynamo.reset()
+    model = _switch_model(dropout=0.0)
+    comp = _run(tmp_path / "c", epochs=1, model=model, checkpoint=False, compile=True)
+    for a, b in zip(_metrics(eager)[0], _metrics(comp)[0]): assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
+    assert comp["test"]["accuracy"] == pytest.approx(eager["test"]["accuracy"], abs=0.02)
+    assert "blocks.0.ffn.experts.w1" in model.state_dict()

@@ -1,4 +1,4 @@
-"Tests for moe_course.routing: losses (vs an independent computation and vs transformers), capacity, routers."
+"Tests for moe_course.routing: losses (vs an independent computation and vs transformers), exact capacity, routers."
 import math
 
 import numpy as np
@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moe_course.routing import Route, assign_capacity, expert_capacity, hash_tokens, load_balanced_loss, router_z_loss
+from moe_course.routing import (Route, assign_capacity, assign_capacity_sorted, expert_capacity, hash_tokens,
+                                load_balanced_loss, random_experts, router_z_loss, tokens_per_expert)
 
 hf = pytest.importorskip("transformers.models.switch_transformers.modeling_switch_transformers")
 
@@ -98,6 +99,19 @@ def test_expert_capacity():
     assert expert_capacity(0, 4, 1.0) == 1
     with pytest.raises(ValueError, match="capacity_factor"):
         expert_capacity(8, 2, -1.0)
+    with pytest.raises(ValueError, match="capacity_factor"):
+        expert_capacity(8, 2, float("nan"))
+
+
+@pytest.mark.parametrize("n,N,cf,C", [(100, 2, 1.1, 55), (10, 1, 0.7, 7), (30, 3, 0.1, 1), (1000, 8, 1.25, 157),
+                                      (9, 3, 1 / 3, 1), (40, 4, 2.2, 22), (3, 7, 1.0, 1)])
+def test_expert_capacity_is_exact(n, N, cf, C):
+    "ceil(cf * n / N) of the decimal cf, with no float error (math.ceil(1.1 * 100 / 2) is 56), for ints and tensors."
+    from fractions import Fraction
+    exact = max(1, math.ceil(Fraction(str(cf)).limit_denominator(10**6) * n / N))
+    assert expert_capacity(n, N, cf) == exact == C
+    t = expert_capacity(torch.tensor(n), N, cf)
+    assert torch.is_tensor(t) and t.dtype == torch.long and t.item() == C
 
 
 def test_assign_capacity_earlier_tokens_win_and_padding_takes_no_slot():
@@ -107,6 +121,36 @@ def test_assign_capacity_earlier_tokens_win_and_padding_takes_no_slot():
     # expert 0 real tokens in order: 0, 3, 4, 6 -> positions 0,1,2,3 ; token 1 is padding
     assert pos[[0, 3, 4, 6]].tolist() == [0, 1, 2, 3]
     assert keep.tolist() == [True, False, True, True, False, True, False]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sorted_capacity_matches_one_hot_definition(seed):
+    g = torch.Generator().manual_seed(seed)
+    n, N = 300, 6
+    e = torch.randint(0, N, (n,), generator=g); mask = torch.rand(n, generator=g) < 0.7
+    for C in (1, 20, 60, torch.tensor(33)):
+        pos, keep = assign_capacity(e, N, C, mask)
+        pos2, keep2, counts = assign_capacity_sorted(e, N, C, mask)
+        assert torch.equal(pos[mask], pos2[mask]) and torch.equal(keep, keep2)
+        assert torch.equal(counts, torch.bincount(e[mask], minlength=N)) and torch.equal(counts, tokens_per_expert(e, N, mask))
+    pos3, keep3, _ = assign_capacity_sorted(e, N, 20)                          # no mask
+    assert torch.equal((pos3, keep3)[1], assign_capacity(e, N, 20)[1])
+
+
+def test_losses_ignore_nonfinite_padding():
+    "Masking selects (torch.where), it does not multiply by 0: NaN/inf in padding rows leave both losses unchanged."
+    g = torch.Generator().manual_seed(0)
+    probs = torch.randn(8, 4, generator=g).softmax(-1); logits = torch.randn(8, 4, generator=g)
+    mask = torch.ones(8, dtype=torch.bool); mask[[2, 5]] = False
+    bad_p, bad_l = probs.clone(), logits.clone()
+    bad_p[2] = float("nan"); bad_l[2] = float("inf"); bad_l[5] = float("nan")
+    idx = probs.argmax(-1)
+    torch.testing.assert_close(load_balanced_loss(bad_p, idx, mask), load_balanced_loss(probs, idx, mask))
+    torch.testing.assert_close(load_balanced_loss(bad_p, F.one_hot(idx, 4), mask), load_balanced_loss(probs, idx, mask))
+    torch.testing.assert_close(router_z_loss(bad_l, mask), router_z_loss(logits, mask))
+    lp = bad_l.clone().requires_grad_()
+    router_z_loss(lp, mask).backward()
+    assert torch.isfinite(lp.grad).all() and (lp.grad[~mask] == 0).all()
 
 
 def test_switch_router_float32_and_jitter_on_copy():
@@ -136,7 +180,7 @@ def test_temperature_keeps_choice_changes_confidence():
 
 def test_random_router():
     r = Route(8, 4, "random", seed=7)
-    assert sum(p.numel() for p in r.parameters()) == 0 and len(r.state_dict()) == 0
+    assert sum(p.numel() for p in r.parameters()) == 0 and list(r.state_dict()) == ["draws"]   # the stream's counter
     x = torch.randn(50, 8)
     r.train()
     a = r(x)
@@ -153,6 +197,33 @@ def test_random_router():
     assert torch.equal(a.gate, torch.ones(50)) and a.probs is None and a.logits is None
     counts = torch.bincount(Route(8, 4, "random").train()(torch.randn(4000, 8)).expert_index, minlength=4)
     assert (counts > 800).all()                                             # roughly uniform
+
+
+def test_random_router_stream_resumes_from_state_dict():
+    "The random stream's position is the `draws` buffer: a state_dict restores it, like a checkpoint does on resume."
+    a = Route(8, 4, "random", seed=3).train()
+    x = torch.randn(30, 8)
+    for _ in range(3): a(x)
+    b = Route(8, 4, "random", seed=3).train()
+    b.load_state_dict(a.state_dict())
+    assert b.draws.item() == 3 and torch.equal(a(x).expert_index, b(x).expert_index)
+    assert not torch.equal(a(x).expert_index, Route(8, 4, "random", seed=3).train()(x).expert_index)   # not call 0
+
+
+def test_random_experts_uniform_and_device_side():
+    "Counter-based draws: uniform over experts, a different draw per call, independent of n for the first tokens."
+    e = random_experts(40_000, 8, seed=0, step=0)
+    counts = torch.bincount(e, minlength=8).float()
+    assert e.dtype == torch.long and ((counts - 5000).abs() < 300).all()         # ~4 sigma around 5,000
+    assert torch.equal(random_experts(100, 8, 0, 0), e[:100])                  # the k-th token takes the k-th draw
+    assert (random_experts(1000, 8, 0, 1) != e[:1000]).float().mean() > 0.8     # the next call: fresh draws
+    assert (random_experts(1000, 8, 1, 0) != e[:1000]).float().mean() > 0.8     # another seed: another stream
+    step = torch.tensor(5)
+    assert torch.equal(random_experts(50, 8, 0, step), random_experts(50, 8, 0, 5))   # a device tensor or an int
+    assert (e[:10000] != hash_tokens(torch.arange(10000), 8)).float().mean() > 0.8   # not the hash of the position
+    # consecutive calls are not correlated: the pair (call s, call s+1) is uniform over the 64 cells
+    pairs = torch.bincount(e[:20000] * 8 + random_experts(20000, 8, 0, 1), minlength=64).float()
+    assert ((pairs - 312.5).abs() < 90).all()
 
 
 def test_hash_router():

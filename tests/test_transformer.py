@@ -82,13 +82,41 @@ def test_classifier_losses_summed_over_layers():
     assert dense.aux_loss.item() == 0 and dense.z_loss.item() == 0 and dense.diagnostics == []
 
 
-def test_classifier_einsum_equals_index():
+@pytest.mark.parametrize("dispatch", ["padded", "einsum", "index"])
+def test_classifier_dispatches_agree(dispatch):
+    "grouped (the default) vs padded, einsum and the old name 'index': same logits and gradients."
     torch.manual_seed(0)
-    a = SwitchTransformerClassifier(**KW, num_experts=4, capacity_factor=1.0, dispatch="index").eval()
-    b = SwitchTransformerClassifier(**KW, num_experts=4, capacity_factor=1.0, dispatch="einsum").eval()
+    a = SwitchTransformerClassifier(**KW, num_experts=4, capacity_factor=1.0).eval()
+    b = SwitchTransformerClassifier(**KW, num_experts=4, capacity_factor=1.0, dispatch=dispatch).eval()
     b.load_state_dict(a.state_dict())
+    assert a.blocks[0].ffn.dispatch == "grouped" and b.blocks[0].ffn.dispatch == ("grouped" if dispatch == "index" else dispatch)
     ids = torch.randint(0, 50, (3, 12))
-    torch.testing.assert_close(a(ids).logits, b(ids).logits)
+    la, lb = a(ids).logits, b(ids).logits
+    torch.testing.assert_close(la, lb)
+    la.square().sum().backward(); lb.square().sum().backward()
+    for (k, p), q in zip(a.named_parameters(), b.parameters()): torch.testing.assert_close(p.grad, q.grad, msg=k)
+
+
+@pytest.mark.parametrize("router", ["switch", "random", "hash"])
+def test_classifier_compiles_fullgraph_forward_backward(router):
+    "The whole classifier is one graph (no host sync, no data-dependent Python); compiled == eager, with padding."
+    torch.manual_seed(0)
+    model = SwitchTransformerClassifier(**KW, num_experts=4, router=router, dropout=0.0).train()
+    ids = torch.randint(1, 50, (3, 10)); ids[0, 7:] = 0; ids[2, 3:] = 0
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    grads = []
+    for m in (compiled, model):
+        for b in model.blocks: b.ffn.router.manual_seed(0)
+        out = m(ids)
+        (F.cross_entropy(out.logits, torch.tensor([0, 1, 0])) + 0.01 * out.aux_loss).backward()
+        grads.append((out.logits.detach(), out.aux_loss.detach(), [p.grad.clone() for p in model.parameters()],
+                      [d.tokens_per_expert for d in out.diagnostics]))
+        model.zero_grad()
+    (lc, ac, gc, tc), (le, ae, ge, te) = grads
+    torch.testing.assert_close(lc, le); torch.testing.assert_close(ac, ae)
+    for p, q in zip(gc, ge): torch.testing.assert_close(p, q)
+    assert all(torch.equal(x, y) for x, y in zip(tc, te))
 
 
 def test_classifier_bf16_autocast_forward_backward():
