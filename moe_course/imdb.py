@@ -10,8 +10,8 @@ from .config import TrainConfig, get_config
 from .learner import fit
 
 # %% auto #0
-__all__ = ['build_loaders', 'build_model', 'train', 'plot_expert_load', 'ablation_grid', 'run_ablations', 'ablation_table',
-           'plot_ablation_curves', 'plot_ablation_bars', 'plot_ablations', 'load_imdb_results']
+__all__ = ['build_loaders', 'build_model', 'train', 'save_run_model', 'plot_expert_load', 'ablation_grid', 'run_ablations',
+           'ablation_table', 'plot_ablation_curves', 'plot_ablation_bars', 'plot_ablations', 'load_imdb_results']
 
 # %% ../nbs/12_imdb.ipynb #65d87b25
 def build_loaders(cfg: TrainConfig, tok=None, dsd=None) -> dict:
@@ -33,6 +33,7 @@ def build_loaders(cfg: TrainConfig, tok=None, dsd=None) -> dict:
                        eval_batch_size=cfg.eval_batch_size or 2 * cfg.batch_size, num_workers=cfg.num_workers)
     feat = dsd["train"].features.get("label")
     dls["num_classes"] = getattr(feat, "num_classes", None) or int(max(dsd["train"]["label"])) + 1
+    dls["label_names"] = getattr(feat, "names", None)
     return dls
 
 def build_model(cfg: TrainConfig, vocab_size: int, num_classes: int = 2) -> "torch.nn.Module":
@@ -61,7 +62,22 @@ def train(cfg: TrainConfig | None = None, out_dir=None, resume: bool = False, to
     res = fit(model, dls, cfg, out_dir=out, resume=resume)
     res.update(params=count_parameters(model), data_time_s=data_s, wall_time_s=time.perf_counter() - t0,
                sizes={k: len(dls[k].dataset) for k in ("train", "valid", "test")})
+    if out is not None and res["status"] == "completed" and int(os.environ.get("RANK", "0")) == 0:
+        save_run_model(model, dls, cfg, res, out / "model")
     return res
+
+def save_run_model(model, dls: dict, cfg: TrainConfig, res: dict, folder) -> Path:
+    "Save `model` (its best weights, after `fit`) with the tokenizer, labels and run record as a 🤗 model folder."
+    import datetime, moe_course
+    from moe_course.core import device_info, git_commit
+    from moe_course.inference import TextClassifier
+    info = dict(name=cfg.name, dataset=cfg.dataset, source=cfg.source, sizes=res["sizes"], config=cfg.to_dict(),
+                best=res["best"], test=res["test"], params=res["params"], wall_time_s=res["wall_time_s"],
+                commit=git_commit(Path(moe_course.__file__).parent), device=device_info()["device"],
+                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    clf = TextClassifier(model, dls["tokenizer"], dls.get("label_names"), cfg.eval_batch_size or 2 * cfg.batch_size, info=info)
+    clf.save_pretrained(folder)
+    return Path(folder)
 
 # %% ../nbs/12_imdb.ipynb #0b050a7d
 def plot_expert_load(history: list[dict], ax=None):

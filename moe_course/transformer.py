@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from huggingface_hub import PyTorchModelHubMixin
 
 from .embeddings import TokenAndPositionEmbedding
 from .moe import ResNetFeedForward, Switch
@@ -72,7 +73,9 @@ class ClassifierOutput:
     z_loss: torch.Tensor
     diagnostics: list = field(default_factory=list)
 
-class SwitchTransformerClassifier(nn.Module):
+class SwitchTransformerClassifier(nn.Module, PyTorchModelHubMixin, library_name="moe-course", license="apache-2.0",
+                                  pipeline_tag="text-classification", repo_url="https://github.com/moe-course/moe-course",
+                                  tags=["mixture-of-experts", "switch-transformer", "text-classification"]):
     "Embedding -> n_layers TransformerBlocks (Switch FFN if num_experts > 1) -> masked mean pool -> linear head."
     def __init__(self, vocab_size: int, num_classes: int = 2, max_len: int = 512, d_model: int = 128, n_heads: int = 4,
                  d_ff: int = 256, n_layers: int = 2, num_experts: int = 4, capacity_factor: float = 1.25,

@@ -2,7 +2,7 @@
 import json, os, shutil, subprocess, sys
 from pathlib import Path
 import pytest
-from moe_course.cli import main, train_cli
+from moe_course.cli import main, read_texts, train_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -16,7 +16,7 @@ def cli(*args, timeout=300):
 def test_help_lists_subcommands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "data" in out and "train" in out
+    assert all(c in out for c in ("data", "train", "predict", "evaluate"))
     assert main([]) == 2
 
 def test_unknown_command(capsys):
@@ -61,3 +61,107 @@ def test_train_end_to_end(tmp_path, capsys):
     m = json.loads((out / "metrics.json").read_text())
     assert m["status"] == "completed" and 0 <= m["test"]["accuracy"] <= 1 and len(m["history"]) == 1
     for f in ("curves.png", "last.pt", "tokenizer.json", "config.json"): assert (out / f).exists()
+
+# --- predict and evaluate on a model trained by `moe-course train` -------------------------------------------------
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    "`moe-course train --preset quick` for one epoch on the bundled sample: the run folder (with model/)."
+    out = tmp_path_factory.mktemp("quick") / "run"
+    assert main(["train", "--preset", "quick", "--epochs", "1", "--out-dir", str(out)]) == 0
+    return out
+
+def test_train_writes_the_model_folder(quick_run):
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= {p.name for p in (quick_run / "model").iterdir()}
+    card = (quick_run / "model" / "README.md").read_text()
+    test_acc = json.loads((quick_run / "metrics.json").read_text())["test"]["accuracy"]
+    assert f"| test | {test_acc:.4f} |" in card and "commit `" in card and "imdb" in card
+
+def test_predict_cli_on_the_trained_model(quick_run, tmp_path):
+    model = str(quick_run / "model")
+    r = cli("predict", model, "A wonderful, moving film.", "Dull and far too long.", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(l) for l in r.stdout.splitlines()]
+    assert len(rows) == 2 and all(set(x) == {"label", "score"} and x["label"] in ("neg", "pos") and 0.5 <= x["score"] <= 1
+                                  for x in rows)
+    (tmp_path / "r.txt").write_text("Great film.\n\nAwful.\nFine.\n")
+    (tmp_path / "r.csv").write_text("id,review\n1,Great film.\n2,Awful.\n3,Fine.\n")
+    (tmp_path / "r.jsonl").write_text('{"text": "Great film."}\n{"text": "Awful."}\n{"text": "Fine."}\n')
+    for args in (["--file", str(tmp_path / "r.txt")], ["--file", str(tmp_path / "r.csv"), "--column", "review"],
+                 ["--file", str(tmp_path / "r.jsonl")], ["Great film.", "Awful.", "Fine."]):
+        assert main(["predict", model, *args, "--no-progress"]) == 0
+    r = cli("predict", model, "An odd film.", "--routing", "--no-progress")
+    rt = json.loads(r.stdout)["routing"]
+    assert rt["tokens"][0] == "[CLS]" and len(rt["layers"]) == 1 and len(rt["layers"][0]["expert"]) == len(rt["tokens"])
+
+def test_evaluate_matches_the_accuracy_the_training_run_reported(quick_run, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(quick_run / "model"), "--dataset", "imdb", "--split", "test", "--out", str(tmp_path / "m.json"),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    trained = json.loads((quick_run / "metrics.json").read_text())["test"]
+    rec = json.loads((tmp_path / "m.json").read_text())
+    assert rec["metrics"]["accuracy"] == trained["accuracy"] and rec["metrics"]["f1"] == trained["f1"]
+    assert f"accuracy {trained['accuracy']:.4f}" in out and "confusion matrix" in out and rec["commit"] and rec["wall_time_s"] > 0
+    assert sum(map(sum, rec["metrics"]["confusion"])) == rec["metrics"]["n"] == 1000
+
+@pytest.mark.parametrize("args,msg", [
+    (["{run}/none", "text"], "no model folder at"),
+    (["{run}", "text"], "model.safetensors missing"),                       # the run folder, not its model/
+    (["{model}", ""], "text 0 is empty"),
+    (["{model}", "--file", "{tmp}/empty.txt"], "holds no review"),
+    (["{model}", "--file", "{tmp}/bad.csv"], "has no column 'text' (its columns: id, review)"),
+    (["{model}", "--file", "{tmp}/none.txt"], "no file"),
+])
+def test_predict_cli_bad_input(quick_run, tmp_path, capsys, args, msg):
+    (tmp_path / "empty.txt").write_text(""); (tmp_path / "bad.csv").write_text("id,review\n1,ok\n")
+    fill = dict(run=quick_run, model=quick_run / "model", tmp=tmp_path)
+    capsys.readouterr()
+    assert main(["predict", *[a.format(**fill) for a in args], "--no-progress"]) == 2
+    o = capsys.readouterr()
+    assert msg in o.err and o.err.startswith("moe-course predict: error:") and o.out == ""
+
+def test_predict_cli_long_text_warns_once(quick_run, capsys):
+    capsys.readouterr()
+    assert main(["predict", str(quick_run / "model"), "great " * 100, "good " * 100, "--no-progress"]) == 0
+    o = capsys.readouterr()
+    assert o.err.count("warning: 2 of 2 text(s) are longer than max_len=64 tokens") == 1 and len(o.out.splitlines()) == 2
+
+def test_predict_cli_needs_texts_or_a_file(quick_run, capsys):
+    with pytest.raises(SystemExit) as e: main(["predict", str(quick_run / "model")])
+    assert e.value.code == 2 and "give the texts to classify, or --file FILE" in capsys.readouterr().err
+
+def test_evaluate_cli_unknown_split(quick_run, capsys):
+    assert main(["evaluate", str(quick_run / "model"), "--split", "dev"]) == 2
+    assert "unknown split 'dev' of imdb: choose one of train, test" in capsys.readouterr().err
+
+def test_train_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
+    out = tmp_path / "fresh"
+    assert main(["train", "--preset", "quick", "--epochs", "1", "--max-len", "32", "--out-dir", str(out), "--resume"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"--resume: no checkpoint (last.pt) in {out}: starting a fresh run there" in stdout
+    assert (out / "last.pt").exists() and json.loads((out / "metrics.json").read_text())["status"] == "completed"
+
+# --- read_texts: the files `moe-course predict --file` reads -------------------------------------------------------
+def test_empty_files(tmp_path):
+    for name, body in [("a.txt", "\n  \n"), ("b.csv", ""), ("c.csv", "text\n"), ("d.jsonl", "\n")]:
+        (tmp_path / name).write_text(body)
+        with pytest.raises(ValueError, match="holds no review"): read_texts(tmp_path / name)
+
+def test_csv_or_jsonl_without_the_text_column(tmp_path):
+    (tmp_path / "r.csv").write_text("id,review\n1,Great film.\n")
+    with pytest.raises(ValueError, match=r"has no column 'text' \(its columns: id, review\): name the text column"):
+        read_texts(tmp_path / "r.csv")
+    assert read_texts(tmp_path / "r.csv", column="review") == ["Great film."]
+    (tmp_path / "r.jsonl").write_text('{"review": "Great film."}\n')
+    with pytest.raises(ValueError, match="line 1 has no 'text' field"): read_texts(tmp_path / "r.jsonl")
+    (tmp_path / "r.tsv").write_text("x")
+    with pytest.raises(ValueError, match="use .txt"): read_texts(tmp_path / "r.tsv")
+    with pytest.raises(FileNotFoundError, match="no file"): read_texts(tmp_path / "none.txt")
+
+def test_read_texts_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("Great film.\n\nTerrible, plot.\n")
+    (tmp_path / "a.csv").write_text('text,id\n"Great, film.",1\nTerrible.,2\n')
+    (tmp_path / "a.jsonl").write_text('{"text": "Great film."}\n\n"Terrible."\n')
+    assert read_texts(tmp_path / "a.txt") == ["Great film.", "Terrible, plot."]
+    assert read_texts(tmp_path / "a.csv") == ["Great, film.", "Terrible."]
+    assert read_texts(tmp_path / "a.jsonl") == ["Great film.", "Terrible."]
