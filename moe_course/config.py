@@ -14,7 +14,7 @@ __all__ = ['CHOICES', 'PRESETS', 'TrainConfig', 'get_config']
 # %% ../nbs/09_config.ipynb #a21cd214
 def _f(default, help): return field(default=default, metadata=dict(help=help))
 
-CHOICES = dict(router=("switch", "random", "hash"), dispatch=("grouped", "padded", "einsum"), norm=("pre", "post"),
+CHOICES = dict(router=("switch", "random", "hash"), dispatch=("grouped", "padded", "einsum"), norm=("pre", "post"), gate=("expert", "ffn"),
                precision=("auto", "fp32", "bf16"), scheduler=("plateau", "cosine", "none"),
                source=("auto", "local", "hub", "sample"))
 
@@ -46,6 +46,7 @@ class TrainConfig:
     router: str = _f("switch", "router: switch (learned top-1), random or hash")
     dispatch: str = _f("grouped", "how tokens reach experts: grouped (sort + grouped GEMM), padded (capacity buffer) or einsum (one-hot, for teaching); index = grouped")
     norm: str = _f("pre", "LayerNorm placement: pre or post")
+    gate: str = _f("expert", "what the router gate scales: expert (the reference: FFN and inner skip) or ffn (the FFN only; the skip reaches every token)")
     dropout: float = _f(0.1, "dropout")
     noise_std: float = _f(0.0, "std of Gaussian noise added to embeddings in training")
     # optimisation
@@ -106,7 +107,7 @@ PRESETS: dict[str, TrainConfig] = {
         name="imdb-switch-reference", source="auto", max_len=200, vocab_size=20000, d_model=128, n_heads=4, d_ff=128,
         n_layers=1, num_experts=8, batch_size=64, eval_batch_size=512, dropout=0.2, noise_std=0.1, epochs=30,
         lr=5e-3, weight_decay=0.01, scheduler="plateau", plateau_factor=0.5, plateau_patience=4, patience=6,
-        label_smoothing=0.1, fgm=True, augment=True),
+        label_smoothing=0.1, fgm=True, augment=True, norm="post"),
     "imdb-switch-gpu": TrainConfig(
         name="imdb-switch-gpu", source="auto", max_len=512, vocab_size=30000, d_model=256, n_heads=4, d_ff=512,
         n_layers=2, num_experts=8, batch_size=64, eval_batch_size=512, dropout=0.1, noise_std=0.0, epochs=6,

@@ -17,8 +17,8 @@ from .routing import (Route, assign_capacity, assign_capacity_sorted, expert_cap
                                 router_z_loss, tokens_per_expert)
 
 # %% auto #0
-__all__ = ['DISPATCH', 'ResNetFeedForward', 'GroupedExperts', 'SwitchDiagnostics', 'dispatch_mode', 'Dispatch', 'moe_dispatch',
-           'Switch', 'routing_load', 'plot_routing_load', 'routing_explorer']
+__all__ = ['DISPATCH', 'GATES', 'ResNetFeedForward', 'GroupedExperts', 'SwitchDiagnostics', 'dispatch_mode', 'Dispatch',
+           'moe_dispatch', 'Switch', 'routing_load', 'plot_routing_load', 'routing_explorer']
 
 # %% ../nbs/06_moe.ipynb #863ae98c
 class ResNetFeedForward(nn.Module):
@@ -33,10 +33,10 @@ class ResNetFeedForward(nn.Module):
 
 # %% ../nbs/06_moe.ipynb #5166ed9a
 class GroupedExperts(nn.Module):
-    "N ResNetFeedForward experts as stacked weights w1 [N,d,d_ff], b1 [N,d_ff], w2 [N,d_ff,d], b2 [N,d]."
-    def __init__(self, d_model: int, d_ff: int, num_experts: int, dropout: float = 0.0):
+    "N ResNetFeedForward experts as stacked weights w1 [N,d,d_ff], b1 [N,d_ff], w2 [N,d_ff,d], b2 [N,d]; skip=False drops the +x."
+    def __init__(self, d_model: int, d_ff: int, num_experts: int, dropout: float = 0.0, skip: bool = True):
         super().__init__()
-        self.d_model, self.d_ff, self.num_experts = d_model, d_ff, num_experts
+        self.d_model, self.d_ff, self.num_experts, self.skip = d_model, d_ff, num_experts, skip
         self.w1, self.b1 = nn.Parameter(torch.empty(num_experts, d_model, d_ff)), nn.Parameter(torch.empty(num_experts, d_ff))
         self.w2, self.b2 = nn.Parameter(torch.empty(num_experts, d_ff, d_model)), nn.Parameter(torch.empty(num_experts, d_model))
         self.drop = nn.Dropout(dropout)
@@ -50,24 +50,28 @@ class GroupedExperts(nn.Module):
             self.w2[i].copy_(ff.fc2.weight.T); self.b2[i].copy_(ff.fc2.bias)
         return self
 
+    def _res(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        "out + x: the expert's inner skip connection (left out when skip=False, see `Switch(gate='ffn')`)."
+        return out + x if self.skip else out
+
     def expert(self, i: int, x: torch.Tensor) -> torch.Tensor:
         "E_i(x) for one expert, written out (for checks and for teaching)."
-        return self.drop(F.relu(F.relu(x @ self.w1[i] + self.b1[i]) @ self.w2[i] + self.b2[i])) + x
+        return self._res(self.drop(F.relu(F.relu(x @ self.w1[i] + self.b1[i]) @ self.w2[i] + self.b2[i])), x)
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         "Grouped: the rows of x sorted by expert, expert i's rows ending at offsets[i]."
         # E(x) = D(ReLU(W2 ReLU(W1 x + b1) + b2)) + x for every row, each with its own expert's weights
-        return self.drop(grouped_ffn(x, offsets, self.w1, self.b1, self.w2, self.b2)) + x
+        return self._res(self.drop(grouped_ffn(x, offsets, self.w1, self.b1, self.w2, self.b2)), x)
 
     def padded(self, X: torch.Tensor) -> torch.Tensor:
         "X [N, C, d]: expert i on its C slots, one batched matmul (bias fused) per layer."
         h = F.relu(torch.baddbmm(self.b1[:, None], X, self.w1))               # ReLU(X_i W1_i + b1_i)
-        return self.drop(F.relu(torch.baddbmm(self.b2[:, None], h, self.w2))) + X
+        return self._res(self.drop(F.relu(torch.baddbmm(self.b2[:, None], h, self.w2))), X)
 
     def einsum(self, X: torch.Tensor) -> torch.Tensor:
         "The same as `padded`, in einsum notation (n = expert, c = slot, d/f = model/hidden width)."
         h = F.relu(torch.einsum("ncd,ndf->ncf", X, self.w1) + self.b1[:, None])
-        return self.drop(F.relu(torch.einsum("ncf,nfd->ncd", h, self.w2) + self.b2[:, None])) + X
+        return self._res(self.drop(F.relu(torch.einsum("ncf,nfd->ncd", h, self.w2) + self.b2[:, None])), X)
 
 # %% ../nbs/06_moe.ipynb #6835c125
 @dataclass
@@ -145,16 +149,19 @@ def moe_dispatch(x: torch.Tensor, experts: GroupedExperts, expert_index: torch.T
     return Dispatch(y, position, keep, counts)
 
 # %% ../nbs/06_moe.ipynb #cf9eaa45
+GATES = ("expert", "ffn")
+
 class Switch(nn.Module):
-    "Top-1 Mixture-of-Experts layer with capacity; forward(x, mask, token_ids) -> (y, SwitchDiagnostics)."
+    "Top-1 Mixture-of-Experts layer with capacity; forward(x, mask, token_ids) -> (y, SwitchDiagnostics). gate: 'expert' | 'ffn'."
     def __init__(self, d_model: int, d_ff: int, num_experts: int, capacity_factor: float = 1.25,
                  router: str = "switch", dispatch: str = "grouped", dropout: float = 0.0, jitter: float = 0.0,
-                 temperature: float = 1.0, seed: int = 0):
+                 temperature: float = 1.0, seed: int = 0, gate: str = "expert"):
         super().__init__()
         if capacity_factor <= 0: raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
-        self.num_experts, self.capacity_factor, self.dispatch = num_experts, capacity_factor, dispatch_mode(dispatch)
+        if gate not in GATES: raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        self.num_experts, self.capacity_factor, self.dispatch, self.gate = num_experts, capacity_factor, dispatch_mode(dispatch), gate
         self.router = Route(d_model, num_experts, router, jitter=jitter, temperature=temperature, seed=seed)
-        self.experts = GroupedExperts(d_model, d_ff, num_experts, dropout)
+        self.experts = GroupedExperts(d_model, d_ff, num_experts, dropout, skip=gate == "expert")   # 'ffn': the skip is ours
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, token_ids: torch.Tensor | None = None):
         shape, N = x.shape, self.num_experts
@@ -168,6 +175,8 @@ class Switch(nn.Module):
         buffer = expert_capacity(n, N, self.capacity_factor)                      # static: C for B*T real tokens
         y, _, keep, counts = moe_dispatch(xf, self.experts, r.expert_index, r.gate, C, m, mode=self.dispatch, buffer=buffer)
         valid = torch.ones_like(keep) if m is None else m
+        # gate='ffn': y = x + g FFN(x) if kept, x if dropped (the inner skip outside the gate); padding stays 0
+        if self.gate == "ffn": y = torch.where(valid[:, None], xf, 0) + y
         if r.probs is not None:
             aux, z = load_balanced_loss(r.probs, r.expert_index, m), router_z_loss(r.logits, m)
             pmean = torch.where(valid[:, None], r.probs, 0).sum(0).detach() / n_real.clamp_min(1)

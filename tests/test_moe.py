@@ -354,3 +354,61 @@ def test_matches_token_loop(router, dispatch):
         y, d = sw(x, mask, ids)
         torch.testing.assert_close(y, switch_by_loop(sw, x, mask, ids))
     assert d.dropped.item() > 0
+
+
+# --- where the gate goes: gate="expert" (the reference, g (F(x) + x)) against gate="ffn" (x + g F(x)) ---
+def _gate_pair(dispatch, router="switch", n_exp=4, cf=1.0):
+    torch.manual_seed(0)
+    a = Switch(8, 16, n_exp, capacity_factor=cf, router=router, dispatch=dispatch, seed=2).eval()
+    b = Switch(8, 16, n_exp, capacity_factor=cf, router=router, dispatch=dispatch, seed=2, gate="ffn").eval()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+@pytest.mark.parametrize("dispatch", DISPATCH)
+@pytest.mark.parametrize("router", ["switch", "random", "hash"])
+def test_gate_on_ffn_moves_only_the_skip(dispatch, router):
+    a, b = _gate_pair(dispatch, router)
+    x = torch.randn(3, 7, 8); mask = torch.rand(3, 7) < 0.8; ids = torch.randint(1, 50, (3, 7))
+    (ya, da), (yb, db) = a(x, mask, ids), b(x, mask, ids)
+    assert torch.equal(da.expert_index, db.expert_index) and torch.equal(da.kept, db.kept)
+    assert int(da.dropped) > 0, "the check needs at least one dropped token"
+    k, g, v = da.kept.view(3, 7, 1), da.gate.view(3, 7, 1), mask[..., None]
+    # kept: g (F + x) - (x + g F) = (g - 1) x;  dropped: 0 - x;  padding: 0 for both
+    torch.testing.assert_close(ya - yb, torch.where(k, (g - 1) * x, torch.where(v, -x, torch.zeros_like(x))), atol=1e-5, rtol=1e-5)
+    assert torch.equal(yb[~mask], torch.zeros_like(yb[~mask]))
+    torch.testing.assert_close(yb[v.expand_as(x) & ~k.expand_as(x)], x[v.expand_as(x) & ~k.expand_as(x)])  # dropped: x itself
+
+
+@pytest.mark.parametrize("dispatch", DISPATCH)
+def test_gate_on_ffn_with_one_expert_is_the_dense_layer(dispatch):
+    torch.manual_seed(1)
+    ff, sw = ResNetFeedForward(8, 16).eval(), Switch(8, 16, 1, dispatch=dispatch, gate="ffn").eval()
+    sw.experts.load_experts([ff])
+    x = torch.randn(2, 5, 8)
+    torch.testing.assert_close(sw(x)[0], ff(x), atol=1e-6, rtol=1e-6)
+    # the reference gate gives the same here too (g = 1), so the two differ only through g < 1 and drops
+    ref = Switch(8, 16, 1, dispatch=dispatch).eval(); ref.experts.load_experts([ff])
+    torch.testing.assert_close(ref(x)[0], ff(x), atol=1e-6, rtol=1e-6)
+
+
+def test_gate_on_ffn_gradients_agree_across_dispatches():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 8); mask = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]]).bool()
+    grads = {}
+    for d in DISPATCH:
+        torch.manual_seed(3); sw = Switch(8, 16, 4, capacity_factor=1.0, dispatch=d, gate="ffn")
+        xi = x.clone().requires_grad_(True)
+        y, diag = sw(xi, mask); (y.square().sum() + diag.aux_loss).backward()
+        grads[d] = [xi.grad] + [p.grad for p in sw.parameters()]
+    for d in DISPATCH[1:]:
+        for g1, g2 in zip(grads["grouped"], grads[d]): torch.testing.assert_close(g1, g2, atol=1e-5, rtol=1e-5)
+
+
+def test_gate_bad_value_and_config_choice():
+    with pytest.raises(ValueError, match="gate"): Switch(8, 16, 4, gate="both")
+    from moe_course.config import CHOICES, get_config
+    from moe_course.transformer import SwitchTransformerClassifier
+    assert CHOICES["gate"] == ("expert", "ffn") and get_config().gate == "expert"
+    m = SwitchTransformerClassifier(50, max_len=8, d_model=8, n_heads=2, d_ff=16, n_layers=2, num_experts=4, gate="ffn")
+    assert all(b.ffn.gate == "ffn" and not b.ffn.experts.skip for b in m.blocks)
