@@ -192,8 +192,9 @@ def plot_dispatch(recs: list[dict]):
     fig, (a, b) = plt.subplots(1, 2, figsize=(8, 1.1 + 0.55 * W), gridspec_kw=dict(width_ratios=[2.2, 1]))
     for r, rec in enumerate(recs):
         for t, (e, k) in enumerate(zip(rec["expert"], rec["kept"])):
-            a.add_patch(Rectangle((t, W - 1 - r), 0.9, 0.8, color="0.85" if e < 0 else cols[e]))
-            if e >= 0 and not k: a.text(t + 0.45, W - 0.6 - r, "x", ha="center", va="center", color="red")
+            face = "0.85" if e < 0 else cols[e] if k else "white"              # dropped: white, edged by its expert
+            a.add_patch(Rectangle((t, W - 1 - r), 0.9, 0.8, facecolor=face, edgecolor="0.85" if e < 0 else cols[e], lw=2))
+            if e >= 0 and not k: a.text(t + 0.45, W - 0.6 - r, "x", ha="center", va="center", color="red", weight="bold")
             elif e >= 0: a.text(t + 0.45, W - 0.6 - r, str(e), ha="center", va="center", fontsize=7)
     a.set(xlim=(0, len(recs[0]["expert"])), ylim=(0, W), yticks=[W - 0.6 - r for r in range(W)],
           yticklabels=[f"rank {r} (C={rec['capacity']})" for r, rec in enumerate(recs)], xlabel="token position (B*T)")
@@ -201,7 +202,7 @@ def plot_dispatch(recs: list[dict]):
     S = torch.tensor([sum(rec["send"], []) for rec in recs])               # S[r, i] = k_i on rank r
     b.imshow(S, cmap="Blues")
     for r in range(W):
-        for i in range(N): b.text(i, r, int(S[r, i]), ha="center", va="center")
+        for i in range(N): b.text(i, r, int(S[r, i]), ha="center", va="center", color="white" if S[r, i] > S.max() / 2 else "k")
     b.axvline(N / W - 0.5, ls="--", c="k")
     b.set(xticks=range(N), yticks=range(W), xlabel="expert", ylabel="from rank"); b.set_title("rows sent (counts exchanged)", fontsize=9)
     fig.tight_layout()
