@@ -45,6 +45,7 @@ class TrainConfig:
     capacity_factor: float = _f(1.25, "expert capacity = factor x tokens / experts")
     router: str = _f("switch", "router: switch (learned top-1), random or hash")
     dispatch: str = _f("grouped", "how tokens reach experts: grouped (sort + grouped GEMM), padded (capacity buffer) or einsum (one-hot, for teaching); index = grouped")
+    expert_parallel: bool = _f(False, "spread each Switch layer's experts over the processes of a torchrun launch, the rest data parallel (chapter 24)")
     norm: str = _f("pre", "LayerNorm placement: pre or post")
     gate: str = _f("expert", "what the router gate scales: expert (the reference: FFN and inner skip) or ffn (the FFN only; the skip reaches every token)")
     dropout: float = _f(0.1, "dropout")

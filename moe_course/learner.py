@@ -47,7 +47,10 @@ def train_step(acc, model, batch: dict, opt, cfg, sched=None, fgm=None):
     if fgm is not None and fgm.attack():  # adversarial pass on perturbed embeddings; gradients accumulate
         acc.backward(compute_loss(model(**inputs), labels, cfg)[0])
         fgm.restore()
-    if cfg.grad_clip > 0: acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if cfg.grad_clip > 0 and getattr(cfg, "expert_parallel", False):   # experts differ per rank: the norm is global
+        from moe_course.ep_training import clip_grad_norm_ep
+        clip_grad_norm_ep(model.parameters(), cfg.grad_clip)
+    elif cfg.grad_clip > 0: acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step(); opt.zero_grad(set_to_none=True)
     if sched is not None: sched.step()
     return out, loss.detach(), ce.detach(), aux
@@ -146,6 +149,10 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig | None = None, out_dir
     if resume and (out is None or not cfg.checkpoint):
         raise ValueError("resume=True needs out_dir (the folder holding last.pt) and cfg.checkpoint=True")
     acc = make_accelerator(cfg); set_seed(cfg.seed)
+    if cfg.expert_parallel:   # chapter 26: this rank keeps its share of the experts; DDP skips them
+        from moe_course.ep_training import prepare_expert_parallel
+        if resume: raise ValueError("resume is not supported with expert_parallel (each rank holds other experts)")
+        prepare_expert_parallel(model)
     if out is not None and acc.is_main_process: out.mkdir(parents=True, exist_ok=True)
     opt = make_optimizer(model, cfg)
     model, opt, train_dl, valid_dl = acc.prepare(model, opt, loaders["train"], loaders["valid"])
@@ -195,7 +202,7 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig | None = None, out_dir
         acc.print(f"epoch {epoch + 1}: train loss {tr['train_loss']:.4f}  valid loss {va['loss']:.4f}  "
                   f"valid acc {va['accuracy']:.4f}  F1 {va['f1']:.4f}  lr {lr:.2e}  {tr['tokens_per_s']:.0f} tok/s")
         if stop: acc.print(f"Early stopping: no better valid accuracy for {cfg.patience} epochs (best {early.best:.4f} at epoch {early.best_epoch})")
-        if out is not None and cfg.checkpoint and acc.is_main_process:
+        if out is not None and cfg.checkpoint and acc.is_main_process and not cfg.expert_parallel:
             _atomic_save(dict(model=raw.state_dict(), optimizer=opt.state_dict(),
                               scheduler=sched.state_dict() if sched is not None else None, early=early.state_dict(),
                               best_model=early.best_state, history=history, epoch=epoch + 1, done=done,
@@ -213,6 +220,9 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig | None = None, out_dir
         if test_dl is not None:
             res["test"] = evaluate(acc, model, test_dl, cfg, "test")
             acc.print(f"best epoch {early.best_epoch}: valid acc {early.best:.4f}; test acc {res['test']['accuracy']:.4f}")
+    if cfg.expert_parallel:   # every rank's experts gathered back: a single-process model to save and count
+        from moe_course.ep_training import from_expert_parallel
+        from_expert_parallel(raw)
     res["wall_time_s"] = time.perf_counter() - t0
     if out is not None and acc.is_main_process:
         (out / "metrics.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
