@@ -323,7 +323,7 @@ def test_explorer_widget_builds():
     pytest.importorskip("ipywidgets")
     w = routing_explorer(static=False)
     names = [c.description for c in w.children[:-1]]
-    assert names == ["num_experts", "capacity_factor", "temperature", "jitter"]
+    assert names == ["num_experts", "capacity_factor", "temperature", "jitter", "router", "top_k"]
     w.children[0].value = 8              # moving a slider re-runs the plot without error
     plt.close("all")
 
