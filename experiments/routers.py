@@ -111,12 +111,42 @@ def imdb_run(variant: dict, seed: int, s: dict, dsd, tok, data_dir, max_eval_bat
                 params=count_parameters(model), wall_time_s=res.get("wall_time_s"), sizes={k: len(dls[k].dataset) for k in ("train", "valid", "test")})
 
 
+def steptime_rows(variants: list[str], s: dict, rounds: int, warmup: int = 3) -> list[dict]:
+    "Interleaved step times of the IMDB model on one fixed random batch: each round times one step of every variant."
+    import statistics, torch
+    from moe_course.config import get_config
+    from moe_course.imdb import build_model
+    from moe_course.optim import compute_loss, make_optimizer
+    from moe_course.routers import update_router_biases
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, s["vocab_size"], (s["batch_size"], s["max_len"]), generator=g)
+    labels = torch.randint(0, 2, (s["batch_size"],), generator=g)
+    runs = {}
+    for name in variants:
+        cfg = get_config(**dict(s, **VARIANTS[name]))
+        torch.manual_seed(0); model = build_model(cfg, s["vocab_size"]).train()
+        runs[name] = (model, make_optimizer(model, cfg), cfg)
+    times = {name: [] for name in variants}
+    for r in range(warmup + rounds):
+        for name in rotated(variants, r):
+            model, opt, cfg = runs[name]
+            t0 = time.perf_counter()
+            loss = compute_loss(model(ids), labels, cfg)[0]
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); update_router_biases(model)
+            if r >= warmup: times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times[variants[0]])
+    return [dict(task="imdb step (interleaved)", router=name, median_step_s=statistics.median(t),
+                 ratio_to_first=statistics.median(t) / base, steps=len(t)) for name, t in times.items()]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None, help="folder with imdb/{train,test}.parquet (default: $MOE_COURSE_DATA, ../shared/data)")
     ap.add_argument("--out", default=None, help="record (default results/routers_cpu.json; --quick: /tmp/routers_quick.json)")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--tasks", nargs="*", default=["memorize", "imdb"], choices=["memorize", "imdb"])
+    ap.add_argument("--tasks", nargs="*", default=["memorize", "imdb"], choices=["memorize", "imdb", "steptime"],
+                    help="steptime: interleaved step times of the IMDB model (a separate record, --out)")
+    ap.add_argument("--rounds", type=int, default=30, help="steptime: timed rounds (each times every variant once)")
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--imdb-train", type=int, default=None, help="train on this many (shuffled) training reviews (default: all)")
     ap.add_argument("--imdb-test", type=int, default=None, help="test on this many (shuffled) test reviews (default: all)")
@@ -145,6 +175,12 @@ def main(argv=None):
                     wall_time_s=time.perf_counter() - t_start)
     def report(r): print(f"{r['task']:>8} {r['router']:>15} seed {r['seed']}: acc {r['accuracy']:.4f}  step {1000 * r['step_time_s']:.1f} ms  "
                          f"CV {r['load_cv']:.3f}  drop {r['drop_fraction']:.3f}  unserved {r['unserved_fraction']:.3f}", flush=True)
+    if "steptime" in a.tasks:   # variants interleaved, so a changing machine load hits all of them alike
+        st = steptime_rows(a.variants, imdb, 2 if a.quick else a.rounds)
+        save_result(out, dict(command=command, settings=dict(settings, rounds=a.rounds), steptime=st),
+                    wall_time_s=time.perf_counter() - t_start)
+        for r in st: print(f"{r['router']:>15}: median step {1000 * r['median_step_s']:.1f} ms  x{r['ratio_to_first']:.2f}")
+        if a.tasks == ["steptime"]: return
     if "memorize" in a.tasks:
         for seed in seeds:
             for name in rotated(a.variants, seed):

@@ -197,14 +197,18 @@ def summarize_routers(rows: list[dict], baseline: str = "top-1") -> list[dict]:
     return out
 
 def show_routers(folder=None, pattern: str = "routers*.json"):
-    "Plot and tabulate the newest router comparison record in `folder` (default: results/); None if there is none."
+    "Plot and tabulate the newest router records (one per task file) in `folder` (default: results/); None if none."
     from moe_course.core import load_results, results_dir
     import matplotlib.pyplot as plt, pandas as pd
-    recs = load_results(pattern, results_dir() if folder is None else folder)
+    recs = {r["name"]: r for r in load_results(pattern, results_dir() if folder is None else folder)}   # newest per name
+    for rec in recs.values():
+        print(f"{rec['name']}: {rec['device'].get('device')} · commit {str(rec.get('commit'))[:10]} · "
+              f"wall {rec.get('wall_time_s') or 0:.0f}s · {rec.get('command')}")
+        for r in rec.get("steptime", []):   # the interleaved step-time record
+            print(f"    {r['router']:>15}: median step {1000 * r['median_step_s']:.1f} ms, x{r['ratio_to_first']:.2f} of top-1")
+    recs = {k: r for k, r in recs.items() if r.get("rows")}
     if not recs: print(f"No router comparison recorded yet ({pattern}): run experiments/routers.py"); return None
-    rec = recs[-1]
-    print(f"{rec['name']}: {rec['device'].get('device')} · commit {rec.get('commit')} · wall {rec.get('wall_time_s') or 0:.0f}s")
-    s = summarize_routers(rec["rows"])
+    s = summarize_routers([row for rec in recs.values() for row in rec["rows"]])
     tasks = list(dict.fromkeys(r["task"] for r in s))
     fig, axs = plt.subplots(len(tasks), 3, figsize=(10, 2.4 * len(tasks)), squeeze=False)
     for row, task in zip(axs, tasks):
