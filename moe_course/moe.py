@@ -257,8 +257,8 @@ def plot_routing_load(num_experts: int = 4, capacity_factor: float = 1.0, temper
     ax.set(xlabel="expert", ylabel="tokens", xticks=i)
     title = f"dropped {int(d.dropped)}/{int(d.num_tokens)} · aux {d.aux_loss.item():.2f} · z {d.z_loss.item():.1f}"
     if d.num_assignments is not None:   # chapter 21's routers: assignments, tokens no expert / several experts took
-        title = (f"dropped {int(d.dropped)}/{int(d.num_assignments)} assignments · tokens with no expert "
-                 f"{int(d.unserved)}, with ≥2 {int(d.multi_served)} · aux {d.aux_loss.item():.2f}")
+        title = (f"dropped {int(d.dropped)}/{int(d.num_assignments)} assignments · aux {d.aux_loss.item():.2f}\n"
+                 f"tokens with no expert {int(d.unserved)}, with ≥2 experts {int(d.multi_served)}")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
