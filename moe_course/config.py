@@ -14,7 +14,7 @@ __all__ = ['CHOICES', 'PRESETS', 'TrainConfig', 'get_config']
 # %% ../nbs/09_config.ipynb #a21cd214
 def _f(default, help): return field(default=default, metadata=dict(help=help))
 
-CHOICES = dict(router=("switch", "random", "hash"), dispatch=("grouped", "padded", "einsum"), norm=("pre", "post"), gate=("expert", "ffn"),
+CHOICES = dict(router=("switch", "random", "hash", "expert_choice"), balancing=("aux", "bias"), dispatch=("grouped", "padded", "einsum"), norm=("pre", "post"), gate=("expert", "ffn"),
                precision=("auto", "fp32", "bf16"), scheduler=("plateau", "cosine", "none"),
                source=("auto", "local", "hub", "sample"))
 
@@ -43,7 +43,11 @@ class TrainConfig:
     n_layers: int = _f(1, "Transformer blocks")
     num_experts: int = _f(4, "experts per Switch layer (1 = dense)")
     capacity_factor: float = _f(1.25, "expert capacity = factor x tokens / experts")
-    router: str = _f("switch", "router: switch (learned top-1), random or hash")
+    router: str = _f("switch", "router: switch (learned, top-k), random, hash or expert_choice (each expert takes its top-C tokens)")
+    top_k: int = _f(1, "experts per token for the learned router (Mixtral: 2)")
+    num_shared_experts: int = _f(0, "always-on experts beside the routed ones (DeepSeekMoE)")
+    balancing: str = _f("aux", "load balancing: aux (the auxiliary loss) or bias (DeepSeek-V3's bias, updated each step)")
+    bias_rate: float = _f(1e-3, "bias balancing: step gamma of the per-expert bias")
     dispatch: str = _f("grouped", "how tokens reach experts: grouped (sort + grouped GEMM), padded (capacity buffer) or einsum (one-hot, for teaching); index = grouped")
     expert_parallel: bool = _f(False, "spread each Switch layer's experts over the processes of a torchrun launch, the rest data parallel (chapter 24)")
     norm: str = _f("pre", "LayerNorm placement: pre or post")
@@ -77,12 +81,15 @@ class TrainConfig:
         if self.dispatch == "index": self.dispatch = "grouped"   # the name before stacked experts (saved configs)
         for k, opts in CHOICES.items():
             if getattr(self, k) not in opts: raise ValueError(f"{k}={getattr(self, k)!r} is not one of {opts}")
-        pos = ["max_len", "vocab_size", "batch_size", "d_model", "n_heads", "d_ff", "n_layers", "num_experts", "epochs"]
+        pos = ["max_len", "vocab_size", "batch_size", "d_model", "n_heads", "d_ff", "n_layers", "num_experts", "epochs", "top_k"]
         for k in pos:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{k} must be a positive integer, got {v!r}")
         if self.eval_batch_size is not None and self.eval_batch_size < 1: raise ValueError("eval_batch_size must be >= 1")
+        if self.top_k > self.num_experts: raise ValueError(f"top_k={self.top_k} > num_experts={self.num_experts}")
+        if self.router != "switch" and (self.top_k > 1 or self.balancing == "bias"):
+            raise ValueError(f"top_k > 1 and balancing='bias' need router='switch' (router={self.router!r})")
         if self.d_model % self.n_heads: raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         for k, lo, hi in [("valid_frac", 0, 1), ("label_smoothing", 0, 1), ("dropout", 0, 1), ("warmup_frac", 0, 1),
                           ("aug_p_delete", 0, 1), ("aug_p_replace", 0, 1), ("plateau_factor", 0, 1)]:
@@ -90,7 +97,7 @@ class TrainConfig:
         for k in ["lr", "capacity_factor"]:
             if not getattr(self, k) > 0: raise ValueError(f"{k} must be > 0, got {getattr(self, k)!r}")
         for k in ["weight_decay", "aux_weight", "z_weight", "grad_clip", "noise_std", "fgm_epsilon", "patience",
-                  "plateau_patience", "aug_n_swap", "num_workers"]:
+                  "plateau_patience", "aug_n_swap", "num_workers", "num_shared_experts", "bias_rate"]:
             if getattr(self, k) < 0: raise ValueError(f"{k} must be >= 0, got {getattr(self, k)!r}")
         if self.max_epochs_this_run is not None and self.max_epochs_this_run < 1:
             raise ValueError("max_epochs_this_run must be >= 1 (or None)")

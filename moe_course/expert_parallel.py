@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .moe import GroupedExperts, Switch, SwitchDiagnostics
-from .routing import assign_capacity_sorted, expert_capacity, load_balanced_loss, router_z_loss
+from .routing import Route, assign_capacity_sorted, expert_capacity, load_balanced_loss, router_z_loss
 
 # %% auto #0
 __all__ = ['free_port', 'single_process_group', 'spawn', 'all_to_all', 'ExpertParallelSwitch', 'reduce_diagnostics',
@@ -112,6 +112,9 @@ class ExpertParallelSwitch(Switch):
     @classmethod
     def from_switch(cls, sw: Switch, group=None) -> "ExpertParallelSwitch":
         "This rank's share of `sw`: the router copied, experts [rN/W, (r+1)N/W) sliced from the stacked weights."
+        if sw.shared is not None or sw.top_k != 1 or not isinstance(sw.router, Route):
+            raise ValueError("expert parallelism supports top-1 routing (switch, random, hash) without shared experts; "
+                             "chapter 21's routers run in one process")
         ex, rt = sw.experts, sw.router
         with torch.random.fork_rng():                                        # building it draws no random numbers
             ep = cls(ex.d_model, ex.d_ff, sw.num_experts, sw.capacity_factor, rt.kind, ex.drop.p, rt.jitter,

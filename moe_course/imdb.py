@@ -42,7 +42,8 @@ def build_model(cfg: TrainConfig, vocab_size: int, num_classes: int = 2) -> "tor
     return SwitchTransformerClassifier(vocab_size, num_classes, max_len=cfg.max_len, d_model=cfg.d_model,
         n_heads=cfg.n_heads, d_ff=cfg.d_ff, n_layers=cfg.n_layers, num_experts=cfg.num_experts,
         capacity_factor=cfg.capacity_factor, router=cfg.router, dispatch=cfg.dispatch, norm=cfg.norm,
-        dropout=cfg.dropout, noise_std=cfg.noise_std, gate=cfg.gate)
+        dropout=cfg.dropout, noise_std=cfg.noise_std, top_k=cfg.top_k, num_shared_experts=cfg.num_shared_experts,
+        balancing=cfg.balancing, bias_rate=cfg.bias_rate, gate=cfg.gate)
 
 def train(cfg: TrainConfig | None = None, out_dir=None, resume: bool = False, tok=None, dsd=None, dls=None) -> dict:
     "Data + Switch Transformer + `fit` for `cfg`; `tok`/`dsd`/`dls` reuse a tokenizer, dataset or loaders already built."

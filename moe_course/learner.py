@@ -12,6 +12,7 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from tqdm.auto import tqdm
 from .config import TrainConfig, get_config
 from .optim import *
+from .routers import update_router_biases
 
 # %% auto #0
 __all__ = ['make_accelerator', 'NonFiniteLoss', 'train_step', 'train_one_epoch', 'evaluate', 'plot_history', 'fit']
@@ -52,6 +53,7 @@ def train_step(acc, model, batch: dict, opt, cfg, sched=None, fgm=None):
         clip_grad_norm_ep(model.parameters(), cfg.grad_clip)
     elif cfg.grad_clip > 0: acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step(); opt.zero_grad(set_to_none=True)
+    update_router_biases(model)          # bias balancing (chapter 21): b_i += gamma sign(mean load - load_i); else nothing
     if sched is not None: sched.step()
     return out, loss.detach(), ce.detach(), aux
 

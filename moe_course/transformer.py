@@ -42,14 +42,14 @@ class TransformerBlock(nn.Module):
     "Attention + (Switch | dense) FFN with residuals, LayerNorm and dropout; forward(x, mask) -> (x, diag|None)."
     def __init__(self, d_model: int, n_heads: int, d_ff: int, num_experts: int = 1, capacity_factor: float = 1.25,
                  router: str = "switch", dispatch: str = "grouped", norm: str = "pre", dropout: float = 0.1,
-                 jitter: float = 0.0, seed: int = 0, gate: str = "expert"):
+                 jitter: float = 0.0, seed: int = 0, **routing):
         super().__init__()
         if norm not in ("pre", "post"): raise ValueError(f"norm must be 'pre' or 'post', got {norm!r}")
         self.norm = norm
         self.attn = MultiHeadSelfAttention(d_model, n_heads, dropout)
         self.ln1, self.ln2, self.drop = nn.LayerNorm(d_model), nn.LayerNorm(d_model), nn.Dropout(dropout)
         self.ffn = (ResNetFeedForward(d_model, d_ff, dropout) if num_experts == 1 else
-                    Switch(d_model, d_ff, num_experts, capacity_factor, router, dispatch, dropout, jitter, seed=seed, gate=gate))
+                    Switch(d_model, d_ff, num_experts, capacity_factor, router, dispatch, dropout, jitter, seed=seed, **routing))
 
     def _ff(self, x, mask, token_ids):
         if isinstance(self.ffn, Switch): return self.ffn(x, mask, token_ids)
@@ -80,13 +80,17 @@ class SwitchTransformerClassifier(nn.Module, PyTorchModelHubMixin, library_name=
     def __init__(self, vocab_size: int, num_classes: int = 2, max_len: int = 512, d_model: int = 128, n_heads: int = 4,
                  d_ff: int = 256, n_layers: int = 2, num_experts: int = 4, capacity_factor: float = 1.25,
                  router: str = "switch", dispatch: str = "grouped", norm: str = "pre", dropout: float = 0.1,
-                 noise_std: float = 0.0, pad_id: int | None = 0, jitter: float = 0.0, gate: str = "expert"):
+                 noise_std: float = 0.0, pad_id: int | None = 0, jitter: float = 0.0, top_k: int = 1,
+                 num_shared_experts: int = 0, balancing: str = "aux", bias_rate: float = 1e-3,
+                 gate: str = "expert"):
         super().__init__()
         self.max_len, self.pad_id = max_len, pad_id
         self.embedding = TokenAndPositionEmbedding(vocab_size, max_len, d_model, noise_std=noise_std, pad_id=pad_id)
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(TransformerBlock(d_model, n_heads, d_ff, num_experts, capacity_factor, router,
-                                                     dispatch, norm, dropout, jitter, seed=i, gate=gate) for i in range(n_layers))
+                                                     dispatch, norm, dropout, jitter, seed=i, top_k=top_k,
+                                                     num_shared_experts=num_shared_experts, balancing=balancing,
+                                                     bias_rate=bias_rate, gate=gate) for i in range(n_layers))
         self.norm = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
         self.head = nn.Linear(d_model, num_classes)
 
@@ -118,5 +122,5 @@ def count_parameters(model: nn.Module) -> dict:
     for m in model.modules():
         if isinstance(m, Switch):
             per_expert = sum(p.numel() for p in m.experts.parameters()) // m.num_experts
-            inactive += (m.num_experts - 1) * per_expert          # all experts but one
+            inactive += (m.num_experts - m.top_k) * per_expert    # all experts but top_k (1: Switch)
     return dict(total=total, active=total - inactive)

@@ -228,3 +228,10 @@ def test_flag_and_errors():
     assert vars(train_parser().parse_args(["--expert-parallel"]))["expert_parallel"] is True
     assert get_config().expert_parallel is False
     with pytest.raises(ValueError, match="torchrun"): prepare_expert_parallel(_model())
+
+
+def test_from_switch_refuses_the_routers_after_switch():
+    from moe_course.expert_parallel import single_process_group
+    with single_process_group():
+        for kw in (dict(top_k=2), dict(num_shared_experts=1), dict(router="expert_choice"), dict(balancing="bias")):
+            with pytest.raises(ValueError, match="top-1"): ExpertParallelSwitch.from_switch(Switch(8, 16, 4, **kw))

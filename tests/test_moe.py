@@ -323,7 +323,7 @@ def test_explorer_widget_builds():
     pytest.importorskip("ipywidgets")
     w = routing_explorer(static=False)
     names = [c.description for c in w.children[:-1]]
-    assert names == ["num_experts", "capacity_factor", "temperature", "jitter"]
+    assert names == ["num_experts", "capacity_factor", "temperature", "jitter", "router", "top_k"]
     w.children[0].value = 8              # moving a slider re-runs the plot without error
     plt.close("all")
 
@@ -412,3 +412,15 @@ def test_gate_bad_value_and_config_choice():
     assert CHOICES["gate"] == ("expert", "ffn") and get_config().gate == "expert"
     m = SwitchTransformerClassifier(50, max_len=8, d_model=8, n_heads=2, d_ff=16, n_layers=2, num_experts=4, gate="ffn")
     assert all(b.ffn.gate == "ffn" and not b.ffn.experts.skip for b in m.blocks)
+
+
+@pytest.mark.parametrize("kw", [dict(top_k=2), dict(router="expert_choice"), dict(balancing="bias", top_k=2)])
+def test_gate_on_ffn_with_the_routers_after_switch(kw):
+    "y_expert - y_ffn = (sum of the token's kept gates - 1) x for every real token, whatever the router."
+    torch.manual_seed(0)
+    a = Switch(8, 16, 4, capacity_factor=1.0, **kw).eval()
+    b = Switch(8, 16, 4, capacity_factor=1.0, gate="ffn", **kw).eval(); b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 9, 8); mask = torch.rand(2, 9) < 0.8; mask[:, 0] = True
+    (ya, da), (yb, db) = a(x, mask), b(x, mask)
+    g, v = da.gate.view(2, 9, 1), mask[..., None]
+    torch.testing.assert_close(ya - yb, torch.where(v, (g - 1) * x, torch.zeros_like(x)), atol=1e-5, rtol=1e-5)
