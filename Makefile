@@ -29,7 +29,7 @@ test: install
 	$(BIN)/python -m pytest -q tests
 
 # Execute the notebooks as nbdev_test does (gpu/slow/notest cells skipped) and save their outputs, then nbdev_clean.
-# A subset: `make outputs NBS="nbs/08_adversarial.ipynb nbs/10_optim.ipynb"`; several at once: JOBS=2.
+# A subset: `make outputs NBS="nbs/12_adversarial.ipynb nbs/10_optim.ipynb"`; several at once: JOBS=2.
 NBS ?=
 JOBS ?= 1
 outputs: install

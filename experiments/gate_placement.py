@@ -1,4 +1,4 @@
-"""Where the gate goes (chapter 06_moe): the reference's gate on the whole expert, g(FFN(u) + u), against the gate on
+"""Where the gate goes (chapter 07_moe): the reference's gate on the whole expert, g(FFN(u) + u), against the gate on
 the FFN only, u + g FFN(u), trained with the same seeds on the same data. CPU.
 
     python experiments/gate_placement.py                    # the bundled IMDB sample -> results/gate_placement_sample.json

@@ -1,4 +1,4 @@
-"""Experts as memory (chapter 22_memorize): facts memorised against experts at equal active parameters, for
+"""Experts as memory (chapter 17_memorize): facts memorised against experts at equal active parameters, for
 learned, random and hash routing, and a dense model of equal total parameters. CPU, minutes.
 
     python experiments/memorize.py                         # full sweep, 3 seeds -> results/memorize_cpu.json

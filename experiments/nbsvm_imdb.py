@@ -1,5 +1,5 @@
 """NBSVM (Wang & Manning 2012; uni+bigram NB log-count ratios + logistic regression) on the full IMDB data: the
-reference line of chapter 23_pretrain. CPU, about a minute.
+reference line of chapter 18_pretrain. CPU, about a minute.
 
     python experiments/nbsvm_imdb.py                      # -> results/nbsvm_imdb.json (25,000 official test reviews)
     python experiments/nbsvm_imdb.py --sample --out /tmp/nbsvm.json    # smoke test on the bundled sample

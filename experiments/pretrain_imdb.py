@@ -1,5 +1,5 @@
 """MLM pretraining of the Switch Transformer encoder on the IMDB *train* reviews, then fine-tuning (chapter
-23_pretrain); optionally sparse upcycling vs MoE from scratch at equal steps, and the MLM expert-scaling curve.
+18_pretrain); optionally sparse upcycling vs MoE from scratch at equal steps, and the MLM expert-scaling curve.
 
     python experiments/pretrain_imdb.py --preset tiny                     # CPU smoke test on the sample (-> /tmp)
     python experiments/pretrain_imdb.py --preset cpu                      # full data, CPU

@@ -1,5 +1,5 @@
-"""Routers compared (chapter 21_routers): top-1 (Switch), top-2, expert choice, shared + routed, bias balancing,
-3 seeds each, on the memorisation task (chapter 22_memorize) and on IMDB at a small CPU scale.
+"""Routers compared (chapter 16_routers): top-1 (Switch), top-2, expert choice, shared + routed, bias balancing,
+3 seeds each, on the memorisation task (chapter 17_memorize) and on IMDB at a small CPU scale.
 
     python experiments/routers.py --data-dir ../shared/data          # both tasks -> results/routers_cpu.json
     python experiments/routers.py --quick                            # smoke run (bundled sample, tiny) -> /tmp

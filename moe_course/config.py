@@ -49,7 +49,7 @@ class TrainConfig:
     balancing: str = _f("aux", "load balancing: aux (the auxiliary loss) or bias (DeepSeek-V3's bias, updated each step)")
     bias_rate: float = _f(1e-3, "bias balancing: step gamma of the per-expert bias")
     dispatch: str = _f("grouped", "how tokens reach experts: grouped (sort + grouped GEMM), padded (capacity buffer) or einsum (one-hot, for teaching); index = grouped")
-    expert_parallel: bool = _f(False, "spread each Switch layer's experts over the processes of a torchrun launch, the rest data parallel (chapter 24)")
+    expert_parallel: bool = _f(False, "spread each Switch layer's experts over the processes of a torchrun launch, the rest data parallel (chapter 21)")
     norm: str = _f("pre", "LayerNorm placement: pre or post")
     gate: str = _f("expert", "what the router gate scales: expert (the reference: FFN and inner skip) or ffn (the FFN only; the skip reaches every token)")
     dropout: float = _f(0.1, "dropout")
@@ -121,7 +121,7 @@ PRESETS: dict[str, TrainConfig] = {
         n_layers=2, num_experts=8, batch_size=64, eval_batch_size=512, dropout=0.1, noise_std=0.0, epochs=6,
         lr=1e-3, weight_decay=0.05, scheduler="cosine", warmup_frac=0.1, patience=0, label_smoothing=0.1,
         aux_weight=0.01, fgm=True, fgm_epsilon=1.0, grad_clip=1.0, compile=True),
-    # CPU preset for students (chapter 23_pretrain): >= 85.12% in <= 15 min on 2 cores; long inputs, big vocabulary;
+    # CPU preset for students (chapter 18_pretrain): >= 85.12% in <= 15 min on 2 cores; long inputs, big vocabulary;
     # dropout 0 lets the CPU use its fused attention kernel (with dropout > 0 it falls back to a ~20x slower one)
     "imdb-switch-cpu": TrainConfig(
         name="imdb-switch-cpu", source="auto", max_len=384, vocab_size=30000, d_model=64, n_heads=4, d_ff=128,

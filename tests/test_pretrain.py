@@ -1,4 +1,4 @@
-"Chapter 23_pretrain (moe_course.pretrain): NBSVM, the MLM corpus and masking, encoder transfer, MLM loss, upcycling."
+"Chapter 18_pretrain (moe_course.pretrain): NBSVM, the MLM corpus and masking, encoder transfer, MLM loss, upcycling."
 import json, math, subprocess, sys
 from pathlib import Path
 

@@ -7,7 +7,7 @@ from the repository root, but writes into a temporary folder that is removed aft
 with an import (and the `show_doc` cells), so such a cell must not use variables from other cells.
 
     python tools/proc_docs.py                 # every notebook in nbs/
-    python tools/proc_docs.py nbs/08_adversarial.ipynb --keep _proc_check
+    python tools/proc_docs.py nbs/12_adversarial.ipynb --keep _proc_check
 """
 from __future__ import annotations
 import argparse, os, shutil, subprocess, sys, tempfile, time

@@ -10,7 +10,7 @@ their static figure (`MOE_COURSE_STATIC=1`), and machine paths are rewritten (th
 notebook, the home folder -> `~`, the temp folder -> `<tmp>`). Then `nbdev_clean` runs on the notebooks written.
 
     python tools/run_notebooks.py                      # every notebook in nbs/
-    python tools/run_notebooks.py nbs/08_adversarial.ipynb nbs/10_optim.ipynb
+    python tools/run_notebooks.py nbs/12_adversarial.ipynb nbs/10_optim.ipynb
     python tools/run_notebooks.py --jobs 2 --timeout 900
 A notebook whose cell raises is not written; the command then exits with status 1 and shows the traceback.
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU run of chapter 23_pretrain (prepared for an H200; device budget: 8 minutes for pretraining +
+# One-shot GPU run of chapter 18_pretrain (prepared for an H200; device budget: 8 minutes for pretraining +
 # fine-tuning). Installs a CUDA build of torch into .venv if needed, then runs the gpu preset and leaves the
 # record in results/pretrain_imdb_gpu.json (and a copy in $OUT when set, e.g. on a lent device machine).
 set -euo pipefail
