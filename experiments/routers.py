@@ -140,6 +140,7 @@ def steptime_rows(variants: list[str], s: dict, rounds: int, warmup: int = 3) ->
 
 
 def main(argv=None):
+    import moe_course.routers  # noqa: F401  registers top-k, expert choice and bias routers with Switch
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None, help="folder with imdb/{train,test}.parquet (default: $MOE_COURSE_DATA, ../shared/data)")
     ap.add_argument("--out", default=None, help="record (default results/routers_cpu.json; --quick: /tmp/routers_quick.json)")

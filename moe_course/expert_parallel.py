@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .moe import GroupedExperts, Switch, SwitchDiagnostics
-from .routing import Route, assign_capacity_sorted, expert_capacity, load_balanced_loss, router_z_loss
+from .routing import Route, assign_capacity_sorted
 
 # %% auto #0
 __all__ = ['free_port', 'single_process_group', 'spawn', 'all_to_all', 'ExpertParallelSwitch', 'reduce_diagnostics',
@@ -125,17 +125,15 @@ class ExpertParallelSwitch(Switch):
         return ep.to(ex.w1.device).train(sw.training)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, token_ids: torch.Tensor | None = None):
-        shape, N, E, W = x.shape, self.num_experts, self.num_local, self.world
-        xf = x.reshape(-1, shape[-1]); n = xf.shape[0]
-        m = None if mask is None else mask.reshape(-1).to(xf.device, torch.bool)
-        if m is not None and m.shape[0] != n:
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not match x {tuple(shape[:-1])}")
-        r = self.router(xf, None if token_ids is None else token_ids.reshape(-1), m)          # 1. route locally
-        n_real = xf.new_full((), n, dtype=torch.long) if m is None else m.sum()
-        C = expert_capacity(n_real, N, self.capacity_factor)                 # C = ceil(cf * n_r / N), this rank's tokens
-        _, keep, counts = assign_capacity_sorted(r.expert_index, N, C, m)
+        N, E, W = self.num_experts, self.num_local, self.world
+        xf, m = self._flat(x, mask); n = xf.shape[0]
+        valid = torch.ones(n, dtype=torch.bool, device=xf.device) if m is None else m
+        n_real = valid.sum()
+        C, _ = self.router.capacity(n_real, n, self.capacity_factor)         # C = ceil(cf * n_r / N), this rank's tokens
+        a = self.router.assign(xf, m, None if token_ids is None else token_ids.reshape(-1))   # 1. route locally
+        _, keep, counts = assign_capacity_sorted(a.expert_index, N, C, m)
         send = counts.clamp(max=C)                                           # k_i = min(count_i, C) rows for expert i
-        order = torch.argsort(torch.where(keep, r.expert_index, N), stable=True)   # 2. kept rows by expert, the rest last
+        order = torch.argsort(torch.where(keep, a.expert_index, N), stable=True)   # 2. kept rows by expert, the rest last
         recv = torch.empty_like(send)                                        # 3. recv[j, e]: rows from rank j for expert e
         dist.all_to_all_single(recv, send, group=self.group)
         send_w, recv = send.view(W, E), recv.view(W, E)
@@ -149,17 +147,10 @@ class ExpertParallelSwitch(Switch):
         Y = torch.zeros_like(Yg).index_copy(0, perm, Yg)                     # back to the order of arrival
         Yb = all_to_all(Y, s_h, r_h, self.group)                             # 6. back to where each row came from
         # y_t = g(x_t) E_{e(x_t)}(x_t) for the kept tokens, 0 for dropped tokens and padding
-        g = r.gate.index_select(0, idx)
+        g = a.gate.index_select(0, idx)
         y = Yb.new_zeros(n, Yb.shape[-1]).index_add(0, idx, g[:, None].to(Yb.dtype) * Yb)
-        valid = torch.ones_like(keep) if m is None else m
         if self.gate == "ffn": y = torch.where(valid[:, None], xf, 0) + y   # x + g FFN(x), as Switch(gate='ffn')
-        if r.probs is not None:
-            aux, z = load_balanced_loss(r.probs, r.expert_index, m), router_z_loss(r.logits, m)
-            pmean = torch.where(valid[:, None], r.probs, 0).sum(0).detach() / n_real.clamp_min(1)
-        else: aux = z = xf.new_zeros((), dtype=torch.float32); pmean = counts.float() / n_real.clamp_min(1)
-        diag = SwitchDiagnostics(counts, n_real - send.sum(), pmean, aux, z, C, n_real,
-                                 torch.where(valid, r.expert_index, -1), torch.where(valid, r.gate, 0).detach(), keep)
-        return y.reshape(shape), diag
+        return y.reshape(x.shape), self.diagnostics(a, keep, counts, C, valid, m)   # the same diagnostics as Switch
 
     def extra_repr(self): return f"experts {self.first}..{self.first + self.num_local - 1} of {self.num_experts} on rank {self.rank}/{self.world}"
 

@@ -4,7 +4,6 @@
 
 # %% ../nbs/07_moe.ipynb #4447c069
 from __future__ import annotations
-import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -13,13 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .grouped_gemm import GROUP_ALIGN, grouped_ffn, grouped_mm_available
-from .routing import (Route, assign_capacity, assign_capacity_sorted, expert_capacity, load_balanced_loss,
-                                router_z_loss, tokens_per_expert)
-from .routers import Assignments, make_router
+from .routing import Assignments, assign_capacity, assign_capacity_sorted, make_router, router_z_loss, tokens_per_expert
 
 # %% auto #0
 __all__ = ['DISPATCH', 'GATES', 'ResNetFeedForward', 'GroupedExperts', 'SwitchDiagnostics', 'dispatch_mode', 'Dispatch',
-           'moe_dispatch', 'Switch', 'routing_load', 'plot_routing_load', 'routing_explorer']
+           'moe_dispatch', 'Switch', 'plot_routing_load']
 
 # %% ../nbs/07_moe.ipynb #863ae98c
 class ResNetFeedForward(nn.Module):
@@ -163,9 +160,9 @@ def moe_dispatch(x: torch.Tensor, experts: GroupedExperts, expert_index: torch.T
 GATES = ("expert", "ffn")
 
 class Switch(nn.Module):
-    "MoE layer with capacity, top-1 by default (top-k, expert choice, shared experts, bias: chapter 21); gate 'expert'|'ffn'; -> (y, diag)."
+    "MoE layer: router -> assignments, dispatch with capacity, `GroupedExperts`; gate 'expert'|'ffn'; -> (y, diag)."
     def __init__(self, d_model: int, d_ff: int, num_experts: int, capacity_factor: float = 1.25,
-                 router: str = "switch", dispatch: str = "grouped", dropout: float = 0.0, jitter: float = 0.0,
+                 router: str | nn.Module = "switch", dispatch: str = "grouped", dropout: float = 0.0, jitter: float = 0.0,
                  temperature: float = 1.0, seed: int = 0, top_k: int = 1, num_shared_experts: int = 0,
                  balancing: str = "aux", bias_rate: float = 1e-3, gate: str = "expert"):
         super().__init__()
@@ -173,128 +170,75 @@ class Switch(nn.Module):
         if gate not in GATES: raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
         self.num_experts, self.capacity_factor, self.dispatch, self.gate = num_experts, capacity_factor, dispatch_mode(dispatch), gate
         if num_shared_experts < 0: raise ValueError(f"num_shared_experts must be >= 0, got {num_shared_experts}")
-        self.top_k = top_k
-        if router in Route.kinds and top_k == 1 and balancing == "aux":
-            self.router = Route(d_model, num_experts, router, jitter=jitter, temperature=temperature, seed=seed)
-        elif jitter: raise ValueError("jitter is implemented for the top-1 router only")
-        else: self.router = make_router(d_model, num_experts, router, top_k, balancing, bias_rate, temperature)
+        # a router object, or one named by the arguments (top-1 here; top-k, expert choice, bias: chapter `routers`)
+        self.router = router if isinstance(router, nn.Module) else make_router(
+            d_model, num_experts, router, top_k, balancing, bias_rate, temperature, jitter, seed)
+        self.top_k = self.router.top_k
         self.experts = GroupedExperts(d_model, d_ff, num_experts, dropout, skip=gate == "expert")   # 'ffn': the skip is ours
+        # shared experts (DeepSeekMoE, chapter `routers`): experts every real token goes through, with gate 1
         self.shared = GroupedExperts(d_model, d_ff, num_shared_experts, dropout, skip=gate == "expert") if num_shared_experts else None
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, token_ids: torch.Tensor | None = None):
-        shape, N = x.shape, self.num_experts
-        xf = x.reshape(-1, shape[-1]); n = xf.shape[0]
+    def _flat(self, x: torch.Tensor, mask: torch.Tensor | None):
+        "x as [n, d] rows and the mask as [n] bools (None: no padding), checked against each other."
+        xf = x.reshape(-1, x.shape[-1])
         m = None if mask is None else mask.reshape(-1).to(xf.device, torch.bool)
-        if m is not None and m.shape[0] != n:
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not match x {tuple(shape[:-1])}")
-        if self.shared is not None or not isinstance(self.router, Route): return self._routed(xf, m, token_ids, shape)
-        r = self.router(xf, None if token_ids is None else token_ids.reshape(-1), m)
-        n_real = xf.new_full((), n, dtype=torch.long) if m is None else m.sum()   # a device tensor: no host sync
-        C = expert_capacity(n_real, N, self.capacity_factor)                      # C = ceil(cf * n_real / N)
-        buffer = expert_capacity(n, N, self.capacity_factor)                      # static: C for B*T real tokens
-        y, _, keep, counts = moe_dispatch(xf, self.experts, r.expert_index, r.gate, C, m, mode=self.dispatch, buffer=buffer)
-        valid = torch.ones_like(keep) if m is None else m
-        # gate='ffn': y = x + g FFN(x) if kept, x if dropped (the inner skip outside the gate); padding stays 0
-        if self.gate == "ffn": y = torch.where(valid[:, None], xf, 0) + y
-        if r.probs is not None:
-            aux, z = load_balanced_loss(r.probs, r.expert_index, m), router_z_loss(r.logits, m)
-            pmean = torch.where(valid[:, None], r.probs, 0).sum(0).detach() / n_real.clamp_min(1)
-        else: aux = z = xf.new_zeros((), dtype=torch.float32); pmean = counts.float() / n_real.clamp_min(1)
-        diag = SwitchDiagnostics(counts, n_real - counts.clamp(max=C).sum(), pmean, aux, z, C, n_real,
-                                 torch.where(valid, r.expert_index, -1), torch.where(valid, r.gate, 0).detach(), keep)
-        return y.reshape(shape), diag
+        if m is not None and m.shape[0] != xf.shape[0]:
+            raise ValueError(f"mask shape {tuple(mask.shape)} does not match x {tuple(x.shape[:-1])}")
+        return xf, m
 
-    def _routed(self, xf, m, token_ids, shape):
-        "Chapter 21's routers: a list of assignments through the same dispatch, plus the shared experts."
-        n, N, cf, dev = xf.shape[0], self.num_experts, self.capacity_factor, xf.device
-        valid = torch.ones(n, dtype=torch.bool, device=dev) if m is None else m
-        n_real = valid.sum()
-        if self.router.kind == "expert_choice":   # C = min(ceil(cf * n_real / N), n_real) tokens per expert
-            C, buffer = torch.minimum(expert_capacity(n_real, N, cf), n_real), min(expert_capacity(n, N, cf), n)
-            a = self.router(xf, m, C, buffer)
-        else:                                     # C = ceil(cf * k * n_real / N): one slot per (token, choice)
-            C, buffer = expert_capacity(self.top_k * n_real, N, cf), expert_capacity(self.top_k * n, N, cf)
-            if isinstance(self.router, Route):    # top-1 with shared experts
-                r = self.router(xf, None if token_ids is None else token_ids.reshape(-1), m)
-                aux = None if r.probs is None else load_balanced_loss(r.probs, r.expert_index, m)
-                a = Assignments(r.expert_index, r.gate, torch.arange(n, device=dev), valid, r.probs, r.logits, r.expert_index, aux)
-            else: a = self.router(xf, m)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, token_ids: torch.Tensor | None = None):
+        xf, m = self._flat(x, mask); n = xf.shape[0]
+        valid = torch.ones(n, dtype=torch.bool, device=xf.device) if m is None else m
+        n_real = valid.sum()                                                    # a device tensor: no host sync
+        C, buffer = self.router.capacity(n_real, n, self.capacity_factor)       # top-1: C = ceil(cf * n_real / N)
+        # 1. router -> assignments (token, expert, gate) in capacity order
+        a = self.router.assign(xf, m, None if token_ids is None else token_ids.reshape(-1), C, buffer)
+        # 2. dispatch + 3. experts: y_t = sum over the kept assignments a of token t of g_a E_{e_a}(x_t)
         y, _, keep, counts = moe_dispatch(xf, self.experts, a.expert_index, a.gate, C, a.valid, a.token_index,
                                           mode=self.dispatch, buffer=buffer)
         for s in range(0 if self.shared is None else self.shared.num_experts):   # y_t += E^sh_s(x_t), real tokens
             y = y + torch.where(valid[:, None], self.shared.expert(s, xf), 0).to(y.dtype)
-        if self.gate == "ffn": y = torch.where(valid[:, None], xf, 0) + y      # x + sum_a g_a FFN_a(x), as in top-1
-        zero = xf.new_zeros((), dtype=torch.float32)
+        # gate='ffn': y = x + g FFN(x) if kept, x if dropped (the inner skip outside the gate); padding stays 0
+        if self.gate == "ffn": y = torch.where(valid[:, None], xf, 0) + y
+        return y.reshape(x.shape), self.diagnostics(a, keep, counts, C, valid, m)
+
+    def diagnostics(self, a: Assignments, keep, counts, C, valid, m) -> SwitchDiagnostics:
+        "`SwitchDiagnostics` of one forward: per token (one assignment each) or per assignment (top-k, expert choice, shared)."
+        n_real, zero = valid.sum(), valid.new_zeros((), dtype=torch.float32)
         aux = zero if a.aux_loss is None else a.aux_loss
         z = zero if a.logits is None else router_z_loss(a.logits, m)
+        # P_i = mean router probability of expert i over the real tokens (random/hash: the fraction routed to i)
         if a.probs is None: pmean = counts.float() / n_real.clamp_min(1)
         else: pmean = torch.where(valid[:, None], a.probs, 0).sum(0).detach() / n_real.clamp_min(1)
-        served = torch.zeros(n, dtype=torch.long, device=dev).index_add_(0, a.token_index, keep.long())
-        gate = torch.zeros(n, device=dev).index_add_(0, a.token_index, torch.where(keep, a.gate, 0).float())
-        A = a.valid.sum()
-        diag = SwitchDiagnostics(counts, A - counts.clamp(max=C).sum(), pmean, aux, z, C, n_real,
+        if a.token_index is None and self.shared is None:   # one assignment per token: kept and gate per token
+            return SwitchDiagnostics(counts, n_real - counts.clamp(max=C).sum(), pmean, aux, z, C, n_real,
+                                     torch.where(valid, a.expert_index, -1), torch.where(valid, a.gate, 0).detach(), keep)
+        n, dev = valid.shape[0], valid.device
+        t = torch.arange(n, device=dev) if a.token_index is None else a.token_index
+        A = valid.sum() if a.valid is None else a.valid.sum()                  # real assignments
+        served = torch.zeros(n, dtype=torch.long, device=dev).index_add_(0, t, keep.long())   # experts per token
+        gate = torch.zeros(n, device=dev).index_add_(0, t, torch.where(keep, a.gate, 0).float())
+        return SwitchDiagnostics(counts, A - counts.clamp(max=C).sum(), pmean, aux, z, C, n_real,
                                  torch.where(valid, a.first, -1), gate.detach(), served > 0, served, A)
-        return y.reshape(shape), diag
 
 # %% ../nbs/07_moe.ipynb #7eb5e662
-def routing_load(num_experts: int = 4, capacity_factor: float = 1.0, temperature: float = 1.0, jitter: float = 0.0,
-                 n_tokens: int = 512, d_model: int = 16, seed: int = 0, router: str = "switch", top_k: int = 1) -> SwitchDiagnostics:
-    "Route clustered synthetic tokens through an untrained Switch layer and return its diagnostics."
-    g = torch.Generator().manual_seed(seed)
-    k = 8
-    freq = 1 / torch.arange(1, k + 1).float()                            # Zipf-like cluster frequencies
-    centers = torch.randn(k, d_model, generator=g)
-    cluster = torch.multinomial(freq, n_tokens, replacement=True, generator=g)
-    x = centers[cluster] + 0.5 * torch.randn(n_tokens, d_model, generator=g)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        sw = Switch(d_model, 2 * d_model, num_experts, capacity_factor, router, jitter=jitter, temperature=temperature, top_k=top_k)
-        sw.train(jitter > 0)
-        with torch.no_grad(): return sw(x[None])[1]
-
-def plot_routing_load(num_experts: int = 4, capacity_factor: float = 1.0, temperature: float = 1.0,
-                      jitter: float = 0.0, n_tokens: int = 512, seed: int = 0, ax=None, router: str = "switch", top_k: int = 1):
-    "Bar chart of processed/dropped tokens per expert, capacity line and n·P_i dots; returns the figure."
+def plot_routing_load(d: SwitchDiagnostics, ax=None):
+    "Bar chart of one forward's diagnostics: processed/dropped tokens per expert, the capacity line, n·P_i dots."
     import matplotlib.pyplot as plt
-    d = routing_load(num_experts, capacity_factor, temperature, jitter, n_tokens, seed=seed, router=router, top_k=top_k)
     if ax is None: fig, ax = plt.subplots(figsize=(6, 3))
     else: fig = ax.figure
-    i, kept, load, C = list(range(num_experts)), d.kept_per_expert.tolist(), d.tokens_per_expert.tolist(), int(d.capacity)
+    N = d.tokens_per_expert.shape[0]
+    i, kept, load, C = list(range(N)), d.kept_per_expert.tolist(), d.tokens_per_expert.tolist(), int(d.capacity)
     ax.bar(i, kept, label="processed")
     ax.bar(i, [a - b for a, b in zip(load, kept)], bottom=kept, color="tab:red", label="dropped")
     ax.axhline(C, ls="--", color="k", lw=1, label=f"capacity C={C}")
     ax.plot(i, (d.router_prob_mean * d.num_tokens).tolist(), "o", color="tab:green", label="n·P_i")
     ax.set(xlabel="expert", ylabel="tokens", xticks=i)
     title = f"dropped {int(d.dropped)}/{int(d.num_tokens)} · aux {d.aux_loss.item():.2f} · z {d.z_loss.item():.1f}"
-    if d.num_assignments is not None:   # chapter 21's routers: assignments, tokens no expert / several experts took
+    if d.num_assignments is not None:   # several assignments per token: tokens no expert / several experts took
         title = (f"dropped {int(d.dropped)}/{int(d.num_assignments)} assignments · aux {d.aux_loss.item():.2f}\n"
                  f"tokens with no expert {int(d.unserved)}, with ≥2 experts {int(d.multi_served)}")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     return fig
-
-def _widget_frontend() -> bool:
-    "True inside a live Jupyter kernel with ipywidgets installed (and MOE_COURSE_STATIC unset)."
-    if os.environ.get("MOE_COURSE_STATIC"): return False
-    try:
-        from IPython import get_ipython
-        import ipywidgets  # noqa: F401
-    except ImportError: return False
-    return type(get_ipython()).__name__ == "ZMQInteractiveShell"
-
-def routing_explorer(static: bool | None = None):
-    "Sliders for experts, capacity factor, temperature, jitter, router and top-k; a static figure when widgets can't render."
-    if static is None: static = not _widget_frontend()
-    if static: return plot_routing_load()
-    import ipywidgets as W, matplotlib.pyplot as plt
-    def show(num_experts, capacity_factor, temperature, jitter, router, top_k):
-        if router == "expert_choice" or top_k > 1: jitter = 0.0          # jitter: top-1 router only
-        plot_routing_load(num_experts, capacity_factor, temperature, jitter, router=router,
-                          top_k=1 if router == "expert_choice" else min(top_k, num_experts)); plt.show()
-    return W.interactive(show, num_experts=W.IntSlider(value=4, min=1, max=16),
-                         capacity_factor=W.FloatSlider(value=1.0, min=0.25, max=3.0, step=0.25),
-                         temperature=W.FloatLogSlider(value=1.0, base=10, min=-1, max=1),
-                         jitter=W.FloatSlider(value=0.0, min=0.0, max=0.5, step=0.05),
-                         router=W.Dropdown(options=["switch", "expert_choice"], value="switch"),
-                         top_k=W.IntSlider(value=1, min=1, max=4))

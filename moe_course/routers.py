@@ -12,26 +12,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .routing import load_balanced_loss, tokens_per_expert
+from .routing import Assignments, expert_capacity, load_balanced_loss, register_router, tokens_per_expert
 
 # %% auto #0
-__all__ = ['ROUTERS', 'Assignments', 'router_logits', 'top_k_gates', 'choice_major', 'load_balancing_loss_topk', 'TopKRouter',
-           'expert_choice', 'ExpertChoiceRouter', 'fine_grained', 'update_router_biases', 'make_router',
-           'summarize_routers', 'show_routers']
+__all__ = ['ROUTERS', 'router_logits', 'top_k_gates', 'choice_major', 'load_balancing_loss_topk', 'TopKRouter', 'expert_choice',
+           'ExpertChoiceRouter', 'fine_grained', 'update_router_biases', 'make_router', 'summarize_routers',
+           'show_routers']
 
 # %% ../nbs/16_routers.ipynb #bb02cef3
-@dataclass
-class Assignments:
-    "A router's decision: assignments a = (token t_a, expert e_a, gate g_a) in capacity order, as device tensors."
-    expert_index: torch.Tensor    # [A] long: e_a
-    gate: torch.Tensor            # [A] float32: g_a (0 where not valid)
-    token_index: torch.Tensor     # [A] long: t_a
-    valid: torch.Tensor           # [A] bool: a real assignment (not padding, not an unused expert-choice slot)
-    probs: torch.Tensor | None    # [n, N] router probabilities (sigmoid scores for bias balancing)
-    logits: torch.Tensor | None   # [n, N] router logits h = W_r x
-    first: torch.Tensor           # [n] long: each token's first choice (expert choice: its most probable expert)
-    aux_loss: torch.Tensor | None = None   # the router's load-balancing loss (None: it needs none)
-
 def router_logits(weight: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     "h = W_r x in float32; padding rows read a zero row, so a NaN there cannot reach W_r's gradient (0 * NaN)."
     n, dev = x.shape[0], x.device
@@ -107,6 +95,13 @@ class TopKRouter(nn.Module):
         e, g, t, valid = choice_major(index, gate, mask)
         return Assignments(e, g, t, valid, scores, logits, index[:, 0], aux)
 
+    def capacity(self, n_real, n: int, capacity_factor: float):
+        "(C, buffer): C = ceil(cf * k * n_real / N), one slot per (token, choice); buffer the same for all n positions."
+        N, k = self.num_experts, self.top_k
+        return expert_capacity(k * n_real, N, capacity_factor), expert_capacity(k * n, N, capacity_factor)
+
+    def assign(self, x, mask=None, token_ids=None, capacity=None, buffer=None) -> Assignments: return self(x, mask)
+
     @torch.no_grad()
     def update_bias(self):
         "After an optimiser step: b_i += gamma·sign(mean_j c_j - c_i), then reset the counts. No host sync."
@@ -147,6 +142,14 @@ class ExpertChoiceRouter(nn.Module):
             e, g, t, valid = expert_choice(probs, capacity, buffer, mask)
         return Assignments(e, g, t, valid, probs, logits, probs.argmax(-1))
 
+    def capacity(self, n_real, n: int, capacity_factor: float):
+        "(C, buffer): C = min(ceil(cf * n_real / N), n_real) tokens per expert; buffer the same for all n positions."
+        N = self.num_experts
+        return torch.minimum(expert_capacity(n_real, N, capacity_factor), n_real), min(expert_capacity(n, N, capacity_factor), n)
+
+    def assign(self, x, mask=None, token_ids=None, capacity=None, buffer=None) -> Assignments:
+        return self(x, mask, capacity, buffer)
+
     def extra_repr(self): return f"{self.d_model}, {self.num_experts}, kind='expert_choice'"
 
 # %% ../nbs/16_routers.ipynb #5b8f5ac5
@@ -172,6 +175,7 @@ ROUTERS = ("switch", "random", "hash", "expert_choice")
 def make_router(d_model: int, num_experts: int, router: str = "switch", top_k: int = 1, balancing: str = "aux",
                 bias_rate: float = 1e-3, temperature: float = 1.0) -> nn.Module:
     "The router of this chapter that `Switch` uses when top_k > 1, router='expert_choice' or balancing='bias'."
+    # registered below with chapter `routing`'s `make_router`, which asks it for everything but the top-1 routers
     if router not in ROUTERS: raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
     if router == "expert_choice":
         if top_k != 1: raise ValueError("expert choice has no top_k (each expert takes C tokens): leave top_k=1, set capacity_factor")
@@ -179,6 +183,8 @@ def make_router(d_model: int, num_experts: int, router: str = "switch", top_k: i
         return ExpertChoiceRouter(d_model, num_experts, temperature)
     if router != "switch": raise ValueError(f"top_k > 1 and bias balancing need a learned router (router='switch'), got {router!r}")
     return TopKRouter(d_model, num_experts, top_k, balancing, bias_rate, temperature)
+
+register_router(make_router);
 
 # %% ../nbs/16_routers.ipynb #0b9a5e7d
 def summarize_routers(rows: list[dict], baseline: str = "top-1") -> list[dict]:

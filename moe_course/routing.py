@@ -13,7 +13,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['tokens_per_expert', 'load_balanced_loss', 'router_z_loss', 'expert_capacity', 'assign_capacity',
-           'assign_capacity_sorted', 'RouteOutput', 'hash_tokens', 'random_experts', 'Route']
+           'assign_capacity_sorted', 'Assignments', 'RouteOutput', 'hash_tokens', 'random_experts', 'Route',
+           'register_router', 'make_router']
 
 # %% ../nbs/05_routing.ipynb #24b74068
 def _flat(t: torch.Tensor, mask: torch.Tensor | None, trailing: int):
@@ -99,6 +100,18 @@ def assign_capacity_sorted(expert_index: torch.Tensor, num_experts: int, capacit
 
 # %% ../nbs/05_routing.ipynb #17794026
 @dataclass
+class Assignments:
+    "A router's decision as assignments a = (token t_a, expert e_a, gate g_a) in capacity order, as device tensors."
+    expert_index: torch.Tensor    # [A] long: e_a
+    gate: torch.Tensor            # [A] float32: g_a (0 where not valid)
+    token_index: torch.Tensor | None   # [A] long: t_a; None: one assignment per token, t_a = a (top-1)
+    valid: torch.Tensor | None    # [A] bool: a real assignment (not padding, not an unused slot); None: all real
+    probs: torch.Tensor | None    # [n, N] router probabilities (None: random and hash routing)
+    logits: torch.Tensor | None   # [n, N] router logits h = W_r x
+    first: torch.Tensor           # [n] long: each token's first choice
+    aux_loss: torch.Tensor | None = None   # the router's load-balancing loss (None: it needs none)
+
+@dataclass
 class RouteOutput:
     "Per-token routing decision: expert index [n], gate [n] (float32), probs/logits [n,N] (None if not learned)."
     expert_index: torch.Tensor
@@ -124,7 +137,7 @@ def random_experts(n: int, num_experts: int, seed: int, step, mask: torch.Tensor
 
 class Route(nn.Module):
     "Top-1 router: kind 'switch' (learned), 'random' (seeded uniform) or 'hash' (token-id hash)."
-    kinds = ("switch", "random", "hash")
+    kinds, top_k = ("switch", "random", "hash"), 1
     def __init__(self, d_model: int, num_experts: int, kind: str = "switch", jitter: float = 0.0,
                  temperature: float = 1.0, seed: int = 0):
         super().__init__()
@@ -168,4 +181,36 @@ class Route(nn.Module):
             gate, e = probs.max(-1)                             # e(x) = argmax_i p_i, g(x) = p_e(x)
         return RouteOutput(e, gate, probs, logits)
 
+    def capacity(self, n_real, n: int, capacity_factor: float):
+        "(C, buffer): C = ceil(cf * n_real / N) slots per expert; buffer, the same for all n positions (a static size)."
+        return expert_capacity(n_real, self.num_experts, capacity_factor), expert_capacity(n, self.num_experts, capacity_factor)
+
+    def assign(self, x: torch.Tensor, mask: torch.Tensor | None = None, token_ids: torch.Tensor | None = None,
+               capacity=None, buffer: int | None = None) -> Assignments:
+        "The routing as assignments (one per token) with the Switch load-balancing loss: what `Switch` asks every router."
+        r = self(x, token_ids, mask)
+        aux = None if r.probs is None else load_balanced_loss(r.probs, r.expert_index, mask)
+        return Assignments(r.expert_index, r.gate, None, mask, r.probs, r.logits, r.expert_index, aux)
+
     def extra_repr(self): return f"{self.d_model}, {self.num_experts}, kind={self.kind!r}, jitter={self.jitter}"
+
+# %% ../nbs/05_routing.ipynb #6a9d6aeb
+_ROUTER_BUILDERS = []   # builders added by later chapters: f(d_model, num_experts, router, top_k, balancing, bias_rate, temperature)
+
+def register_router(builder):
+    "Add `builder`, which returns a router for the arguments it knows and None otherwise, to those `make_router` asks."
+    if builder not in _ROUTER_BUILDERS: _ROUTER_BUILDERS.append(builder)
+    return builder
+
+def make_router(d_model: int, num_experts: int, router: str = "switch", top_k: int = 1, balancing: str = "aux",
+                bias_rate: float = 1e-3, temperature: float = 1.0, jitter: float = 0.0, seed: int = 0) -> nn.Module:
+    "The router of `Switch(router=..., top_k=..., balancing=...)`: a top-1 `Route`, or one that a later chapter registered."
+    if router in Route.kinds and top_k == 1 and balancing == "aux":
+        return Route(d_model, num_experts, router, jitter=jitter, temperature=temperature, seed=seed)
+    if jitter: raise ValueError("jitter is implemented for the top-1 router only")
+    for build in _ROUTER_BUILDERS:
+        r = build(d_model, num_experts, router, top_k, balancing, bias_rate, temperature)
+        if r is not None: return r
+    raise ValueError(f"router={router!r} with top_k={top_k}, balancing={balancing!r} is not a router of this chapter "
+                     f"({', '.join(Route.kinds)}, top_k=1, balancing='aux'); top-k, expert choice and bias balancing are "
+                     "chapter `routers`' routers: `import moe_course.routers` first")

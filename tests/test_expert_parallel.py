@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from moe_course.expert_parallel import ExpertParallelSwitch, reduce_diagnostics, spawn
 from moe_course.moe import Switch
+import moe_course.routers  # noqa: F401  registers the routers of chapter `routers` with Switch
 
 ROUTERS = ["switch", "random", "hash"]
 LAYER_CASES = ROUTERS + ["switch-ffn"]

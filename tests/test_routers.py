@@ -3,8 +3,8 @@ top-1 unchanged bit for bit, compile, config and CLI wiring."""
 import math
 import pytest, torch
 from torch import nn
-from helpers import padded_batch
-from moe_course.moe import Switch, GroupedExperts, SwitchDiagnostics, moe_dispatch, dispatch_mode, DISPATCH, routing_load
+from helpers import padded_batch, routing_load
+from moe_course.moe import Switch, GroupedExperts, SwitchDiagnostics, moe_dispatch, dispatch_mode, DISPATCH
 from moe_course.routing import (Route, expert_capacity, load_balanced_loss, router_z_loss)
 from moe_course.routers import (TopKRouter, ExpertChoiceRouter, expert_choice, load_balancing_loss_topk, top_k_gates,
                                 fine_grained, make_router, update_router_biases, summarize_routers)
@@ -339,7 +339,7 @@ def test_diagnostics_and_explorer_cover_new_routers():
     assert e.unserved.item() == (e.experts_per_token == 0).sum().item() and e.multi_served.item() > 0
     import matplotlib.pyplot as plt
     from moe_course.moe import plot_routing_load
-    fig = plot_routing_load(router="expert_choice"); assert "no expert" in fig.axes[0].get_title(); plt.close("all")
+    fig = plot_routing_load(e); assert "no expert" in fig.axes[0].get_title(); plt.close("all")
 
 def test_config_and_cli_flags():
     from moe_course.cli import train_parser
