@@ -10,10 +10,11 @@ from torch import nn
 
 from .moe import Switch
 from .expert_parallel import ExpertParallelSwitch
+from .learner import Callback, register_config_callback
 
 # %% auto #0
 __all__ = ['is_expert_parameter', 'to_expert_parallel', 'gather_switch', 'from_expert_parallel', 'prepare_expert_parallel',
-           'sync_gradients', 'clip_grad_norm_ep']
+           'sync_gradients', 'clip_grad_norm_ep', 'ExpertParallelCB']
 
 # %% ../nbs/22_ep_training.ipynb #e74b3189
 def is_expert_parameter(p: torch.Tensor) -> bool:
@@ -84,6 +85,20 @@ def clip_grad_norm_ep(parameters, max_norm: float, group=None) -> torch.Tensor:
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)                  # the same factor on every rank
     for p in ps: p.grad.mul_(coef.to(p.grad.dtype))
     return total
+
+# %% ../nbs/22_ep_training.ipynb #22219e5b
+class ExpertParallelCB(Callback):
+    "`Learner` callback: experts spread over the ranks before the optimiser exists, the global-norm clip, experts gathered at the end."
+    def before_fit(self, learn):
+        if learn.resume: raise ValueError("resume is not supported with expert_parallel (each rank holds other experts)")
+        prepare_expert_parallel(learn.model)
+        learn.checkpointable = False
+        def clip(): # ||g||^2 = ||g_replicated||^2 + sum over ranks ||g_experts||^2
+            if learn.cfg.grad_clip > 0: clip_grad_norm_ep(learn.model.parameters(), learn.cfg.grad_clip)
+        learn.clip_grad = clip
+    def after_fit(self, learn): from_expert_parallel(learn.raw)   # a single-process model to save and count
+
+register_config_callback("ep_training", lambda cfg: ExpertParallelCB() if cfg.expert_parallel else None);
 
 # %% ../nbs/22_ep_training.ipynb #72502907
 def _dp_demo(rank: int, W: int) -> dict:

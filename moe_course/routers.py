@@ -12,12 +12,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .learner import Callback, register_config_callback
 from .routing import Assignments, expert_capacity, load_balanced_loss, register_router, tokens_per_expert
 
 # %% auto #0
 __all__ = ['ROUTERS', 'router_logits', 'top_k_gates', 'choice_major', 'load_balancing_loss_topk', 'TopKRouter', 'expert_choice',
-           'ExpertChoiceRouter', 'fine_grained', 'update_router_biases', 'make_router', 'summarize_routers',
-           'show_routers']
+           'ExpertChoiceRouter', 'fine_grained', 'update_router_biases', 'RouterBiasCB', 'make_router',
+           'summarize_routers', 'show_routers']
 
 # %% ../nbs/16_routers.ipynb #bb02cef3
 def router_logits(weight: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -168,6 +169,12 @@ def update_router_biases(model: nn.Module) -> int:
     routers = [m for m in model.modules() if isinstance(m, TopKRouter) and m.balancing == "bias"]
     for r in routers: r.update_bias()
     return len(routers)
+
+class RouterBiasCB(Callback):
+    "`Learner` callback: after every optimiser step, the bias update of each bias-balanced router (none: nothing to do)."
+    def after_step(self, learn): update_router_biases(learn.model)
+
+register_config_callback("routers", lambda cfg: RouterBiasCB());   # every run: a model may hold bias-balanced routers
 
 # %% ../nbs/16_routers.ipynb #fcd7dda3
 ROUTERS = ("switch", "random", "hash", "expert_choice")
