@@ -12,7 +12,7 @@ from fastcore.basics import patch
 from huggingface_hub import ModelHubMixin
 from tqdm.auto import tqdm
 from .batching import SPECIAL_TOKENS, clean_text, collate_batch, encode_texts, load_tokenizer
-from .transformer import SwitchTransformerClassifier
+from .transformer import SwitchTransformerClassifier, no_token_dropping
 
 # %% auto #0
 __all__ = ['MODEL_FILES', 'CARD', 'check_model_dir', 'TextClassifier', 'model_card', 'token_routing', 'routing_html',
@@ -55,6 +55,7 @@ def _resolve(name_or_path, **hub_kwargs) -> Path:
 # %% ../nbs/20_inference.ipynb #c30c8fe7
 class TextClassifier(ModelHubMixin):
     "A trained classifier with its tokenizer and label names: `clf(texts)` -> `{'label', 'score'}` per text."
+    drop_tokens = False   # True: capacity per batch as in training, so a score depends on the batch (see Predicting)
     def __init__(self, model: SwitchTransformerClassifier, tokenizer, labels=None, batch_size: int = 64, device=None,
                  info: dict | None = None):
         V, n = model.embedding.vocab_size, tokenizer.get_vocab_size()
@@ -166,19 +167,24 @@ def _encode(self: TextClassifier, texts) -> list[list[int]]:
     n_long = sum(len(x) > self.max_len for x in encode_texts(self.tokenizer, [texts[k] for k in full], 2**31)) if full else 0
     if n_long: warnings.warn(f"{n_long} of {len(texts)} text(s) are longer than max_len={self.max_len} tokens and were "
                              f"truncated: only their first {self.max_len} tokens are classified", stacklevel=3)
+    unk = [k for k, x in enumerate(ids) if set(x[1:-1]) <= {self.tokenizer.token_to_id("[UNK]")}]   # between [CLS], [SEP]
+    if unk: warnings.warn(f"{len(unk)} of {len(texts)} text(s) (e.g. text {unk[0]}) hold no word the vocabulary knows, only "
+                          "[UNK]: their scores say nothing about the text (another language or script?)", stacklevel=3)
     return ids
 
 @patch
 @torch.no_grad()
 def _batches(self: TextClassifier, ids, batch_size: int | None = None, progress: bool = True):
     "Yield `(batch, ClassifierOutput)` over `ids` in order, `batch_size` texts at a time."
-    bs = batch_size or self.batch_size
-    if not isinstance(bs, int) or bs < 1: raise ValueError(f"batch_size must be an int >= 1, got {bs!r}")
+    bs = self.batch_size if batch_size is None else batch_size
+    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1: raise ValueError(f"batch_size must be an int >= 1, got {bs!r}")
     self.model.eval(); dev = next(self.model.parameters()).device
-    starts = range(0, len(ids), bs)
-    for s in tqdm(starts, desc="predict", unit="batch", leave=False, disable=not progress or len(starts) < 2):
-        b = collate_batch([dict(input_ids=x, labels=0) for x in ids[s:s + bs]])
-        yield b, self.model(b["input_ids"].to(dev), b["attention_mask"].to(dev))
+    # no token dropped, so a text's score is the same in any batch; expert-choice layers (which pick tokens): one text a batch
+    with contextlib.nullcontext([]) if self.drop_tokens else no_token_dropping(self.model) as per_text:
+        starts = range(0, len(ids), 1 if per_text else bs); bs = 1 if per_text else bs
+        for s in tqdm(starts, desc="predict", unit="batch", leave=False, disable=not progress or len(starts) < 2):
+            b = collate_batch([dict(input_ids=x, labels=0) for x in ids[s:s + bs]])
+            yield b, self.model(b["input_ids"].to(dev), b["attention_mask"].to(dev))
 
 @patch
 def predict(self: TextClassifier, texts, batch_size: int | None = None, progress: bool = True,

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from tqdm.auto import tqdm
-from .config import TrainConfig, get_config
+from .core import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig, check_run_dir, get_config, taken_message
 from .optim import *
 from .routers import update_router_biases
+from .transformer import no_token_dropping
 
 # %% auto #0
 __all__ = ['make_accelerator', 'NonFiniteLoss', 'train_step', 'train_one_epoch', 'evaluate', 'plot_history', 'fit']
@@ -87,7 +89,8 @@ def evaluate(acc, model, loader, cfg=None, desc="eval") -> dict:
     "Mean cross-entropy (no smoothing), accuracy, macro F1 and positive-class F1 over all processes."
     model.eval(); losses, preds, labels = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not ((cfg is None or cfg.progress) and acc.is_main_process)):
-        logits = unpack_output(model(**_inputs(batch)))[0].float()
+        with no_token_dropping(model):   # as at inference: no token dropped, a score does not depend on its batch
+            logits = unpack_output(model(**_inputs(batch)))[0].float()
         l, p, y = acc.gather_for_metrics((F.cross_entropy(logits, batch["labels"], reduction="none"),
                                           logits.argmax(-1), batch["labels"]))
         losses.append(l.cpu()); preds.append(p.cpu()); labels.append(y.cpu())
@@ -95,14 +98,6 @@ def evaluate(acc, model, loader, cfg=None, desc="eval") -> dict:
     return dict(loss=loss, **classification_metrics(torch.cat(preds), torch.cat(labels)))
 
 # %% ../nbs/11_learner.ipynb #c2a50cb1
-def _rng_state():
-    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-
-def _set_rng_state(s):
-    random.setstate(s["python"]); np.random.set_state(s["numpy"]); torch.set_rng_state(s["torch"])
-    if s.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
-
 def _module_generators(model) -> dict:
     "Modules that keep their own `torch.Generator` in `_gen` (e.g. the ViT's BatchAugment): name -> generator."
     return {n: m._gen for n, m in model.named_modules() if isinstance(getattr(m, "_gen", None), torch.Generator)}
@@ -110,9 +105,6 @@ def _module_generators(model) -> dict:
 def _reseed(seed: int):
     "Cheap reseed of python, numpy and torch at the start of each epoch: makes an epoch independent of earlier ones."
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
-
-def _atomic_save(obj, path: Path):
-    tmp = path.with_suffix(".tmp"); torch.save(obj, tmp); tmp.replace(path)
 
 def plot_history(history: list[dict], path=None):
     "Loss, accuracy/F1 and learning-rate curves; saved as a small PNG if `path` is given."
@@ -143,17 +135,17 @@ def _reseed_loader(loader, seed: int, epoch: int):
             elif isinstance(g, random.Random): g.seed(seed)
 
 def fit(model: nn.Module, loaders: dict, cfg: TrainConfig | None = None, out_dir=None, resume: bool = False,
-        callbacks=()) -> dict:
+        callbacks=(), overwrite: bool = False) -> dict:
     "Train on `loaders['train']`, validate each epoch, test once with the best weights. Returns history and metrics."
     from moe_course.data import set_seed
     cfg = cfg or get_config(); t0 = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else None
     if resume and (out is None or not cfg.checkpoint):
         raise ValueError("resume=True needs out_dir (the folder holding last.pt) and cfg.checkpoint=True")
+    taken = check_run_dir(out, cfg, resume, overwrite) if out is not None else {}   # before anything is written
     acc = make_accelerator(cfg); set_seed(cfg.seed)
     if cfg.expert_parallel:   # chapter 26: this rank keeps its share of the experts; DDP skips them
         from moe_course.ep_training import prepare_expert_parallel
-        if resume: raise ValueError("resume is not supported with expert_parallel (each rank holds other experts)")
         prepare_expert_parallel(model)
     if out is not None and acc.is_main_process: out.mkdir(parents=True, exist_ok=True)
     opt = make_optimizer(model, cfg)
@@ -167,19 +159,28 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig | None = None, out_dir
         from moe_course.adversarial import FGM
         fgm = FGM(raw, epsilon=cfg.fgm_epsilon)
     early, history, start, done, status, message = EarlyStopping(cfg.patience), [], 0, False, "completed", None
-    ckpt = out / "last.pt" if out is not None and cfg.checkpoint else None
+    # expert parallel: every rank saves its own experts (and optimizer state) beside rank 0's last.pt
+    rank, world, ep = acc.process_index, acc.num_processes, cfg.expert_parallel
+    ckpt = out / ("last.pt" if rank == 0 or not ep else f"last.rank{rank}.pt") if out is not None and cfg.checkpoint else None
     if resume and ckpt.exists():
-        s = torch.load(ckpt, map_location="cpu", weights_only=False)
+        s = load_checkpoint(ckpt)
+        if ep and s.get("world") != world:
+            raise ValueError(f"{ckpt} was written by {s.get('world', 1)} process(es), this launch has {world}: resume with "
+                             "the same --nproc_per_node (each rank's file holds its share of the experts)")
         raw.load_state_dict(s["model"]); opt.load_state_dict(s["optimizer"])
         if sched is not None and s["scheduler"] is not None: sched.load_state_dict(s["scheduler"])
-        early.load_state_dict(s["early"]); early.best_state = s["best_model"]
-        history, start, done = s["history"], s["epoch"], s["done"]; _set_rng_state(s["rng"])
+        early.load_state_dict(s["early"]); early.best_state = s["best_model"]; early.patience = cfg.patience
+        history, start = s["history"], s["epoch"]; set_rng_state(s["rng"])
+        done = start >= cfg.epochs or 0 < early.patience <= early.bad     # not s["done"]: more epochs may be taken
         mods = dict(raw.named_modules())
         for k, st in s.get("generators", {}).items():  # e.g. the ViT augmentation's own stream
             dev, st = (st["device"], st["state"]) if isinstance(st, dict) else ("cpu", st)   # older checkpoints: cpu
             if k in mods: mods[k]._gen = torch.Generator(device=dev); mods[k]._gen.set_state(st)
-        acc.print(f"Resuming from {ckpt}: {start} epoch(s) done")
+        acc.print(f"Resuming from {ckpt}: {start} epoch(s) done" + (f"; {taken_message(taken)}" if taken else ""))
     elif resume: acc.print(f"No checkpoint in {out}; starting from scratch")
+    if resume and ep and len(set(acc.gather(torch.tensor([start], device=acc.device)).tolist())) > 1:
+        raise ValueError(f"the ranks' checkpoints in {out} are from different epochs (a run killed while saving): "
+                         "start the run again in a new folder")
     ran, show = 0, cfg.progress and acc.is_main_process
     for epoch in tqdm(range(start, cfg.epochs), desc="epochs", initial=start, total=cfg.epochs, disable=not show):
         if done: break
@@ -204,11 +205,11 @@ def fit(model: nn.Module, loaders: dict, cfg: TrainConfig | None = None, out_dir
         acc.print(f"epoch {epoch + 1}: train loss {tr['train_loss']:.4f}  valid loss {va['loss']:.4f}  "
                   f"valid acc {va['accuracy']:.4f}  F1 {va['f1']:.4f}  lr {lr:.2e}  {tr['tokens_per_s']:.0f} tok/s")
         if stop: acc.print(f"Early stopping: no better valid accuracy for {cfg.patience} epochs (best {early.best:.4f} at epoch {early.best_epoch})")
-        if out is not None and cfg.checkpoint and acc.is_main_process and not cfg.expert_parallel:
-            _atomic_save(dict(model=raw.state_dict(), optimizer=opt.state_dict(),
+        if ckpt is not None and (acc.is_main_process or ep):
+            save_checkpoint(dict(model=raw.state_dict(), optimizer=opt.state_dict(),
                               scheduler=sched.state_dict() if sched is not None else None, early=early.state_dict(),
                               best_model=early.best_state, history=history, epoch=epoch + 1, done=done,
-                              rng=_rng_state(), config=cfg.to_dict(),
+                              rng=rng_state(), config=cfg.to_dict(), rank=rank, world=world,
                               generators={k: dict(device=str(g.device), state=g.get_state())
                                           for k, g in _module_generators(raw).items()}), ckpt)
         if out is not None and acc.is_main_process and history[-1]["epoch_time_s"] > 30:  # long epochs: watchable curves
