@@ -37,7 +37,8 @@ def main(argv=None):
     import torch
     from moe_course.core import save_result
     from moe_course.data import as_texts, load_text_dataset
-    from moe_course.experts_pay import ByteClassifier, CausalLM, byte_ids, finetune_bytes
+    from moe_course.experts_carry import ByteClassifier, byte_ids, finetune_bytes
+    from moe_course.experts_pay import CausalLM
     from moe_course.pretrain import load_encoder, load_encoder_file, save_encoder
     from moe_course.transformer import count_parameters
     if a.threads: torch.set_num_threads(a.threads)
@@ -68,7 +69,9 @@ def main(argv=None):
     for seed in (a.seeds or p["seeds"]):
         for kind in a.kinds:
             which = "MoE" if kind.endswith("MoE") else "dense"
-            state, cfg = load_encoder_file(backbones[which])
+            if kind.startswith("scratch") and not (backbones[which] / "model.safetensors").exists():   # shape from the record
+                state, cfg = None, pre["settings"]["model"] | dict(num_experts=int(backbones[which].name[1:]), dropout=0.0)
+            else: state, cfg = load_encoder_file(backbones[which])
             cfg = {k: v for k, v in cfg.items() if k != "vocab_size"}
             if p["length"] % cfg["max_len"]: raise SystemExit(f"--length must be a multiple of the backbone's max_len {cfg['max_len']}")
             torch.manual_seed(seed); model = ByteClassifier(257, 2, **cfg)

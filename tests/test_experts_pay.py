@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from moe_course.data import load_text_dataset
-from moe_course.experts_pay import (ByteClassifier, CausalLM, LMRun, byte_corpus, byte_ids, byte_windows, expert_bytes,
-                                    lm_eval, lm_loss, sparse_mlm_loss, steps_to_reach, top_bytes, upcycle_lm, valid_windows)
+from moe_course.experts_carry import ByteClassifier, byte_ids, finetune_bytes
+from moe_course.experts_pay import (CausalLM, LMRun, byte_corpus, byte_windows, expert_bytes, lm_eval, scaling_table,
+                                    sparse_mlm_loss, steps_to_reach, top_bytes, upcycle_lm, valid_windows)
 from moe_course.pretrain import (SwitchTransformerMLM, encoder_state_dict, expert_forward, load_encoder, mask_tokens,
                                  mlm_loss, save_encoder)
 
@@ -127,6 +128,21 @@ def test_experts_pay_script_tiny(tmp_path):
     assert r["corpus"]["test_reviews_read"] == 0 and r["loadavg"] and r["upcycling"]["upcycled_valid"] > 0
     assert all(len(x["history"]) == 2 for k, x in r["runs"].items() if " seed" not in k and "upcycl" not in k)
     assert (tmp_path / "runs" / "N1" / "model.safetensors").exists()
+    rows = {x["model"]: x for x in scaling_table(r)}
+    assert set(rows) == {"N=1", "N=2", "N=4", "dense d_ff=64"} and rows["N=1"]["seeds"] == 2
+    assert rows["N=4"]["active"] < rows["N=4"]["total"] and rows["N=1"]["steps_to_dense"] == 20
+    ft = tmp_path / "ft.json"
+    subprocess.run([sys.executable, str(ROOT / "experiments/experts_pay_finetune.py"), "--preset", "tiny", "--out", str(ft),
+                    "--backbones", str(tmp_path / "runs"), "--moe", "N2", "--seeds", "0"], check=True, capture_output=True, cwd=tmp_path)
+    f = json.loads(ft.read_text())
+    assert {x["kind"] for x in f["runs"]} == {"pretrained MoE", "pretrained dense", "scratch MoE", "scratch dense"}
+    assert all(0 <= x["test_accuracy"] <= 1 for x in f["runs"]) and f["summary"]["pretrained MoE"]["n"] == 1
+
+
+def test_finetune_bytes_bad_input():
+    clf = ByteClassifier(257, 2, **KW)
+    x = torch.ones(4, 16, dtype=torch.long)
+    with pytest.raises(ValueError, match="length"): finetune_bytes(clf, x, torch.zeros(3, dtype=torch.long), x, torch.zeros(4, dtype=torch.long))
 
 
 def test_mlm_head_cost_benchmark_runs():
