@@ -76,6 +76,7 @@ def main(argv=None):
             if p["length"] % cfg["max_len"]: raise SystemExit(f"--length must be a multiple of the backbone's max_len {cfg['max_len']}")
             torch.manual_seed(seed); model = ByteClassifier(257, 2, **cfg)
             if kind.startswith("pretrained"): load_encoder(model, state)
+            model.to("cuda" if torch.cuda.is_available() else "cpu")
             r = finetune_bytes(model, X, Y, Xt, Yt, p["epochs"], p["batch_size"], p["lr"], seed=seed)
             rec["runs"].append(dict(kind=kind, seed=seed, num_experts=cfg.get("num_experts", 1), **count_parameters(model), **r))
             rec["loadavg"].append(os.getloadavg()[0])
