@@ -18,7 +18,7 @@ from common import ROOT, find_data_dir  # experiments/common.py
 
 PRESETS = {
     "tiny": dict(length=64, epochs=1, batch_size=16, lr=2e-3, train_limit=256, test_limit=128, seeds=[0, 1]),
-    "cpu": dict(length=512, epochs=1, batch_size=32, lr=1e-3, train_limit=None, test_limit=None, seeds=[0, 1, 2]),
+    "cpu": dict(length=256, epochs=1, batch_size=32, lr=1e-3, train_limit=10000, test_limit=5000, seeds=[0, 1, 2]),
     "gpu": dict(length=2048, epochs=3, batch_size=64, lr=5e-4, train_limit=None, test_limit=None, seeds=[0, 1, 2]),
 }
 
