@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, find_data_dir  # experiments/common.py
+from experts_pay import PRESETS as LM_PRESETS  # experiments/experts_pay.py: the backbone shapes
 
 PRESETS = {
     "tiny": dict(length=64, epochs=1, batch_size=16, lr=2e-3, train_limit=256, test_limit=128, seeds=[0, 1]),
@@ -70,7 +71,7 @@ def main(argv=None):
         for kind in a.kinds:
             which = "MoE" if kind.endswith("MoE") else "dense"
             if kind.startswith("scratch") and not (backbones[which] / "model.safetensors").exists():   # shape from the record
-                state, cfg = None, pre["settings"]["model"] | dict(num_experts=int(backbones[which].name[1:]), dropout=0.0)
+                state, cfg = None, (pre.get("settings") or LM_PRESETS[a.preset])["model"] | dict(num_experts=int(backbones[which].name[1:]), dropout=0.0)
             else: state, cfg = load_encoder_file(backbones[which])
             cfg = {k: v for k, v in cfg.items() if k != "vocab_size"}
             if p["length"] % cfg["max_len"]: raise SystemExit(f"--length must be a multiple of the backbone's max_len {cfg['max_len']}")
