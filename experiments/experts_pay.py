@@ -21,8 +21,8 @@ from common import ROOT, find_data_dir  # experiments/common.py
 PRESETS = {
     "tiny": dict(model=dict(max_len=32, d_model=32, n_heads=2, d_ff=32, n_layers=1), experts=[1, 2, 4], steps=20,
                  chunk=10, batch_size=8, seq_len=32, valid_batches=2, lr=3e-3, seeds=[1], wide_of=2, upcycle=4),
-    "cpu": dict(model=dict(max_len=128, d_model=128, n_heads=4, d_ff=256, n_layers=2), experts=[1, 2, 4, 8, 16, 32],
-                steps=800, chunk=100, batch_size=32, seq_len=128, valid_batches=8, lr=2e-3, seeds=[1, 2], wide_of=8,
+    "cpu": dict(model=dict(max_len=128, d_model=64, n_heads=4, d_ff=128, n_layers=2), experts=[1, 2, 4, 8, 16, 32],
+                steps=800, chunk=100, batch_size=32, seq_len=128, valid_batches=8, lr=3e-3, seeds=[1, 2], wide_of=8,
                 upcycle=8),
     "gpu": dict(model=dict(max_len=256, d_model=512, n_heads=8, d_ff=2048, n_layers=6), experts=[1, 2, 4, 8, 16, 32],
                 steps=20000, chunk=1000, batch_size=64, seq_len=256, valid_batches=32, lr=6e-4, seeds=[1, 2], wide_of=8,
