@@ -22,8 +22,8 @@ PRESETS = {
     "tiny": dict(model=dict(max_len=32, d_model=32, n_heads=2, d_ff=32, n_layers=1), experts=[1, 2, 4], steps=20,
                  chunk=10, batch_size=8, seq_len=32, valid_batches=2, lr=3e-3, seeds=[1], wide_of=2, upcycle=4),
     "cpu": dict(model=dict(max_len=128, d_model=64, n_heads=4, d_ff=128, n_layers=2), experts=[1, 2, 4, 8, 16, 32],
-                steps=800, chunk=100, batch_size=32, seq_len=128, valid_batches=8, lr=3e-3, seeds=[1, 2], wide_of=8,
-                upcycle=8),
+                steps=1200, chunk=100, batch_size=32, seq_len=128, valid_batches=8, lr=3e-3, seeds=[1, 2], wide_of=8,
+                upcycle=8, threads=1),
     "gpu": dict(model=dict(max_len=256, d_model=512, n_heads=8, d_ff=2048, n_layers=6), experts=[1, 2, 4, 8, 16, 32],
                 steps=20000, chunk=1000, batch_size=64, seq_len=256, valid_batches=32, lr=6e-4, seeds=[1, 2], wide_of=8,
                 upcycle=8),
@@ -38,7 +38,7 @@ def main(argv=None):
     ap.add_argument("--run-dir", default=None, help="where backbones are saved (default runs/experts_pay_<preset>)")
     ap.add_argument("--steps", type=int, default=None); ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--phases", nargs="+", default=["grid", "seeds", "upcycle"], choices=["grid", "seeds", "upcycle"])
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (cpu preset: 1)")
     a = ap.parse_args(argv)
     import torch
     from moe_course.core import device_info, save_result
@@ -47,8 +47,9 @@ def main(argv=None):
                                         train_round_robin, upcycle_lm, valid_windows)
     from moe_course.pretrain import save_encoder
     from moe_course.transformer import count_parameters
-    if a.threads: torch.set_num_threads(a.threads)
     t_start, p = time.perf_counter(), dict(PRESETS[a.preset])
+    # one thread on a shared CPU: with more threads than free cores, OpenMP's waiting threads spin (30x slower here)
+    if a.threads or p.get("threads"): torch.set_num_threads(a.threads or p["threads"])
     if a.steps: p["steps"] = a.steps
     tiny, dev = a.preset == "tiny", "cuda" if torch.cuda.is_available() else "cpu"
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "moe_course_experts_pay"
