@@ -4,6 +4,9 @@ N=8, extra seeds for N=1 and the best N, and sparse upcycling of a dense checkpo
 
     python experiments/experts_pay.py --preset tiny      # seconds, on the bundled sample (-> $TMPDIR)
     nice -n 5 python experiments/experts_pay.py --preset cpu    # full train split, the 2-core CPU (<= 60 min)
+    # or the grid and the rest side by side (two processes, two records):
+    nice -n 5 python experiments/experts_pay.py --preset cpu --phases grid
+    nice -n 5 python experiments/experts_pay.py --preset cpu --phases seeds upcycle --seeds-n 8 --out results/experts_pay_cpu_extra.json
     python experiments/experts_pay.py --preset gpu       # prepared for one GPU (never run here)
 
 Models are trained round-robin, `chunk` steps each in turn, so that the load of a shared machine hits every
@@ -38,6 +41,7 @@ def main(argv=None):
     ap.add_argument("--run-dir", default=None, help="where backbones are saved (default runs/experts_pay_<preset>)")
     ap.add_argument("--steps", type=int, default=None); ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--phases", nargs="+", default=["grid", "seeds", "upcycle"], choices=["grid", "seeds", "upcycle"])
+    ap.add_argument("--seeds-n", type=int, default=8, help="MoE size of the extra seeds when the grid is not in --phases")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (cpu preset: 1)")
     a = ap.parse_args(argv)
     import torch
@@ -116,8 +120,9 @@ def main(argv=None):
         for k in ("N=1", best): save_encoder(grid[k].model.cpu(), run_dir / k.replace("=", ""))
         save()
         print(f"best {best}; dense final {dense_final:.4f}; speedup {rec['speedup']}", flush=True)
-    if "seeds" in a.phases and grid:
-        n_best = int(rec["best"][2:]); runs, metas = {}, {}
+    if "seeds" in a.phases:
+        n_best = int(rec["best"][2:]) if grid else a.seeds_n; runs, metas = {}, {}
+        rec["seeds_of"] = [1, n_best]
         for s in p["seeds"]:
             for n in (1, n_best): runs[f"N={n} seed={s}"], metas[f"N={n} seed={s}"] = new("", n, s)
         go(runs, metas)
