@@ -1,5 +1,5 @@
 "Chapter 27_experts_pay: sparse MLM head, byte corpus without test text, causal LM, upcycling, transfer to the classifier."
-import json, subprocess, sys
+import json, math, subprocess, sys
 from pathlib import Path
 
 import datasets
@@ -8,7 +8,7 @@ import torch
 
 from moe_course.data import load_text_dataset
 from moe_course.experts_carry import ByteClassifier, byte_ids, finetune_bytes
-from moe_course.experts_pay import (CausalLM, LMRun, byte_corpus, byte_windows, expert_bytes, lm_eval, scaling_table,
+from moe_course.experts_pay import (CausalLM, LMRun, byte_corpus, byte_windows, expert_bytes, lm_eval, merge_records, scaling_table,
                                     sparse_mlm_loss, steps_to_reach, top_bytes, upcycle_lm, valid_windows)
 from moe_course.pretrain import (SwitchTransformerMLM, encoder_state_dict, expert_forward, load_encoder, mask_tokens,
                                  mlm_loss, save_encoder)
@@ -150,3 +150,20 @@ def test_mlm_head_cost_benchmark_runs():
     import mlm_head_cost
     med, losses = mlm_head_cost.main(["--batch-size", "2", "--seq-len", "16", "--vocab-size", "300", "--steps", "1", "--rounds", "1"])
     assert abs(losses["full"] - losses["sparse"]) < 1e-4 and set(med) == {"full", "sparse"}
+
+
+def test_merge_records_and_scaling_table():
+    h = lambda *v: [dict(step=100 * (i + 1), seconds=10.0 * (i + 1), valid_loss=x, drop=0.0, load_cv=0.0, aux=0.0) for i, x in enumerate(v)]
+    run = lambda n, *v: dict(history=h(*v), total=n * 10, active=10, sec_per_step_median=0.1)
+    grid = dict(name="g", commit="abc", wall_time_s=5.0, best="N=8", loadavg=[dict(t=1, load1=2.0)],
+                runs={"N=1": run(1, 3.0, 2.0), "N=8": run(8, 2.5, 1.5), "dense d_ff=1024": run(8, 2.0, 1.0)})
+    extra = dict(name="x", commit="def", wall_time_s=6.0, loadavg=[dict(t=1, load1=9.0)],
+                 runs={"N=1 seed=1": run(1, 3.0, 2.2), "N=8 seed=1": run(8, 2.4, 1.7)}, upcycling=dict(upcycled_valid=1.8))
+    rec = merge_records([extra, grid])
+    assert rec["best"] == "N=8" and len(rec["runs"]) == 5 and len(rec["loadavg"]) == 2
+    assert rec["upcycling"]["scratch_valid"] == 1.5 and rec["upcycling"]["dense_valid"] == 2.0
+    rows = {r["model"]: r for r in scaling_table(rec)}
+    assert set(rows) == {"N=1", "N=8", "dense d_ff=1024"} and rows["N=8"]["seeds"] == 2
+    assert rows["N=8"]["steps_to_dense"] == 150 and rows["N=1"]["steps_to_dense"] == 200
+    assert abs(rows["N=8"]["bits_mean"] - 1.6 / math.log(2)) < 1e-9
+    with pytest.raises(ValueError, match="grid"): merge_records([extra])
