@@ -25,7 +25,7 @@ PRESETS = {
     "tiny": dict(model=dict(max_len=32, d_model=32, n_heads=2, d_ff=32, n_layers=1), experts=[1, 2, 4], steps=20,
                  chunk=10, batch_size=8, seq_len=32, valid_batches=2, lr=3e-3, seeds=[1], wide_of=2, upcycle=4),
     "cpu": dict(model=dict(max_len=128, d_model=64, n_heads=4, d_ff=128, n_layers=2), experts=[1, 2, 4, 8, 16, 32],
-                steps=1200, chunk=100, batch_size=32, seq_len=128, valid_batches=8, lr=3e-3, seeds=[1, 2], wide_of=8,
+                steps=600, chunk=100, batch_size=32, seq_len=128, valid_batches=8, lr=3e-3, seeds=[1, 2], wide_of=8,
                 upcycle=8, threads=1),
     "gpu": dict(model=dict(max_len=256, d_model=512, n_heads=8, d_ff=2048, n_layers=6), experts=[1, 2, 4, 8, 16, 32],
                 steps=20000, chunk=1000, batch_size=64, seq_len=256, valid_batches=32, lr=6e-4, seeds=[1, 2], wide_of=8,
@@ -126,6 +126,7 @@ def main(argv=None):
         for s in p["seeds"]:
             for n in (1, n_best): runs[f"N={n} seed={s}"], metas[f"N={n} seed={s}"] = new("", n, s)
         go(runs, metas)
+        for k, r in runs.items(): save_encoder(r.model.cpu(), run_dir / k.replace("=", "").replace(" ", "_"))
     if "upcycle" in a.phases:
         N = p["upcycle"]
         dense, md = new("", 1, a.seed, steps=S // 2)

@@ -19,7 +19,7 @@ from experts_pay import PRESETS as LM_PRESETS  # experiments/experts_pay.py: the
 
 PRESETS = {
     "tiny": dict(length=64, epochs=1, batch_size=16, lr=2e-3, train_limit=256, test_limit=128, seeds=[0, 1]),
-    "cpu": dict(length=256, epochs=1, batch_size=32, lr=1e-3, train_limit=10000, test_limit=5000, seeds=[0, 1, 2]),
+    "cpu": dict(length=256, epochs=1, batch_size=32, lr=1e-3, train_limit=10000, test_limit=5000, seeds=[0, 1, 2], threads=1),
     "gpu": dict(length=2048, epochs=3, batch_size=64, lr=5e-4, train_limit=None, test_limit=None, seeds=[0, 1, 2]),
 }
 
@@ -29,6 +29,8 @@ def main(argv=None):
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--backbones", default=None, help="folder with N1/ and N<k>/ encoders (default runs/experts_pay_<preset>)")
+    ap.add_argument("--dense", default="N1", help="the dense backbone's folder name")
+    ap.add_argument("--pretrain-record", default=None, help="the pretraining record (default results/experts_pay_<preset>.json)")
     ap.add_argument("--moe", default=None, help="the MoE backbone's folder name (default: the pretraining record's best)")
     ap.add_argument("--out", default=None); ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--kinds", nargs="+", default=["pretrained MoE", "pretrained dense", "scratch MoE", "scratch dense"])
@@ -42,15 +44,15 @@ def main(argv=None):
     from moe_course.experts_pay import CausalLM
     from moe_course.pretrain import load_encoder, load_encoder_file, save_encoder
     from moe_course.transformer import count_parameters
-    if a.threads: torch.set_num_threads(a.threads)
     t_start, p, tiny = time.perf_counter(), dict(PRESETS[a.preset]), a.preset == "tiny"
+    if a.threads or p.get("threads"): torch.set_num_threads(a.threads or p["threads"])   # 1 on a shared CPU
     for k in ("train_limit", "test_limit", "length"):
         if getattr(a, k) is not None: p[k] = getattr(a, k)
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "moe_course_experts_pay"
     out = Path(a.out or (tmp if tiny else ROOT / "results") / f"experts_pay_finetune_{a.preset}.json")
     bb = Path(a.backbones or (tmp if tiny else ROOT / "runs") / f"experts_pay_{a.preset}")
     pre = {}
-    pre_rec = (tmp if tiny else ROOT / "results") / f"experts_pay_{a.preset}.json"
+    pre_rec = Path(a.pretrain_record or (tmp if tiny else ROOT / "results") / f"experts_pay_{a.preset}.json")
     if pre_rec.exists(): pre = json.loads(pre_rec.read_text())
     moe_name = a.moe or pre.get("best", "N=8").replace("=", "")
     if tiny and not (bb / "N1").exists():          # random stand-ins, so the smoke test runs alone
@@ -62,8 +64,9 @@ def main(argv=None):
     if p["test_limit"]: te = te.select(range(min(p["test_limit"], len(te))))
     X, Y = byte_ids(as_texts(tr, "imdb"), p["length"]), torch.tensor(tr["label"])
     Xt, Yt = byte_ids(as_texts(te, "imdb"), p["length"]), torch.tensor(te["label"])
-    backbones = {"dense": bb / "N1", "MoE": bb / moe_name}
-    pre_s = {k: (pre.get("runs", {}).get(v.name.replace("N", "N="), {}) or {}).get("seconds") for k, v in backbones.items()}
+    backbones = {"dense": bb / a.dense, "MoE": bb / moe_name}
+    run_name = lambda folder: folder.replace("N", "N=", 1).replace("_", " ").replace("seed", "seed=")   # N8_seed1 -> N=8 seed=1
+    pre_s = {k: (pre.get("runs", {}).get(run_name(v.name), {}) or {}).get("seconds") for k, v in backbones.items()}
     rec = dict(experiment="experts_pay_finetune", preset=a.preset, settings=p, backbones={k: str(v.relative_to(ROOT)) if v.is_relative_to(ROOT) else v.name
                for k, v in backbones.items()}, pretraining_seconds=pre_s, pretraining_commit=pre.get("commit"),
                runs=[], loadavg=[], sample=tiny, references=dict(nbsvm=0.9148, seed_reference=0.8512, imdb_switch_cpu=0.8611))
@@ -71,7 +74,8 @@ def main(argv=None):
         for kind in a.kinds:
             which = "MoE" if kind.endswith("MoE") else "dense"
             if kind.startswith("scratch") and not (backbones[which] / "model.safetensors").exists():   # shape from the record
-                state, cfg = None, (pre.get("settings") or LM_PRESETS[a.preset])["model"] | dict(num_experts=int(backbones[which].name[1:]), dropout=0.0)
+                n = int(backbones[which].name[1:].split("_")[0])
+                state, cfg = None, (pre.get("settings") or LM_PRESETS[a.preset])["model"] | dict(num_experts=n, dropout=0.0)
             else: state, cfg = load_encoder_file(backbones[which])
             cfg = {k: v for k, v in cfg.items() if k != "vocab_size"}
             if p["length"] % cfg["max_len"]: raise SystemExit(f"--length must be a multiple of the backbone's max_len {cfg['max_len']}")
