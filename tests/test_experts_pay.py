@@ -166,4 +166,4 @@ def test_merge_records_and_scaling_table():
     assert set(rows) == {"N=1", "N=8", "dense d_ff=1024"} and rows["N=8"]["seeds"] == 2
     assert rows["N=8"]["steps_to_dense"] == 150 and rows["N=1"]["steps_to_dense"] == 200
     assert abs(rows["N=8"]["bits_mean"] - 1.6 / math.log(2)) < 1e-9
-    with pytest.raises(ValueError, match="grid"): merge_records([extra])
+    with pytest.raises(ValueError, match="grid"): merge_records([dict(extra, runs={"N=8 seed=1": extra["runs"]["N=8 seed=1"]})])
