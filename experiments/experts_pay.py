@@ -1,4 +1,4 @@
-"""The Switch scaling curve in miniature on IMDB *train* reviews (chapter 27_experts_pay): byte-level causal LMs
+"""The Switch scaling curve in miniature on IMDB *train* reviews (chapter 19_experts_pay): byte-level causal LMs
 with N in {1, 2, 4, 8, 16, 32} top-1 experts at equal active FLOPs, a dense model with the total parameters of
 N=8, extra seeds for N=1 and the best N, and sparse upcycling of a dense checkpoint.
 

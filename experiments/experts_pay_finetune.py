@@ -1,4 +1,4 @@
-"""Does a better language model make a better classifier? (chapter 27_experts_pay; the Switch paper's Table 5 question
+"""Does a better language model make a better classifier? (chapter 19_experts_pay; the Switch paper's Table 5 question
 at our scale.) Fine-tunes byte-level classifiers on IMDB from the backbones that experiments/experts_pay.py saved
 (pretrained dense N=1 and pretrained MoE, equal active FLOPs) and the same shapes from scratch, several seeds each.
 

@@ -1,4 +1,4 @@
-"Chapter 27_experts_pay: sparse MLM head, byte corpus without test text, causal LM, upcycling, transfer to the classifier."
+"Chapter 19_experts_pay: sparse MLM head, byte corpus without test text, causal LM, upcycling, transfer to the classifier."
 import json, math, subprocess, sys
 from pathlib import Path
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU run of chapters 27_experts_pay and 28_experts_carry (prepared, never run: no GPU was lent when it was
+# One-shot GPU run of chapters 19_experts_pay and 20_experts_carry (prepared, never run: no GPU was lent when it was
 # written). Installs a CUDA build of torch into .venv if needed, runs the scaling grid at the gpu preset (d 512,
 # 6 layers, N in 1..32, 20,000 steps of 64 x 256 bytes), then fine-tunes the dense and best-MoE backbones on IMDB
 # (2,048 bytes per review, 3 epochs, 3 seeds), leaving results/experts_pay_gpu.json and
