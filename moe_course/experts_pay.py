@@ -18,8 +18,7 @@ from .transformer import MultiHeadSelfAttention, SwitchTransformerClassifier
 # %% auto #0
 __all__ = ['mlm_hidden', 'mlm_project', 'sparse_mlm_loss', 'byte_corpus', 'byte_windows', 'valid_windows', 'CausalSelfAttention',
            'make_causal', 'LMOutput', 'CausalLM', 'lm_loss', 'lm_eval', 'LMRun', 'train_round_robin', 'steps_to_reach',
-           'expert_bytes', 'byte_label', 'top_bytes', 'upcycle_lm', 'merge_records', 'scaling_table',
-           'show_experts_pay']
+           'expert_bytes', 'byte_label', 'top_bytes', 'upcycle_lm', 'merge_records', 'scaling_table']
 
 # %% ../nbs/19_experts_pay.ipynb #5b95563c
 def mlm_hidden(model: SwitchTransformerMLM, input_ids, attention_mask=None):
@@ -251,48 +250,3 @@ def scaling_table(rec: dict) -> list[dict]:
                          dense_seconds=runs["N=1"]["history"][-1]["seconds"], sec_per_step=r.get("sec_per_step_median"),
                          drop=h["drop"], load_cv=h["load_cv"], aux=h["aux"]))
     return rows
-
-# %% ../nbs/19_experts_pay.ipynb #1f417b1b
-def show_experts_pay(folder=None):
-    "Print and plot the latest experts_pay record in `folder` (default results/): curves, speedups, routing, expert bytes."
-    import matplotlib.pyplot as plt
-    from moe_course.core import load_results, results_dir
-    folder = results_dir() if folder is None else folder
-    recs = load_results("experts_pay_cpu*.json", folder)
-    if not any("N=1" in r["runs"] for r in recs): print("No grid record yet: run experiments/experts_pay.py --preset cpu"); return None
-    rec, ln2 = merge_records(recs), math.log(2)
-    load = [x["load1"] for x in rec["loadavg"]]
-    print(f"{rec['device']['device']}, {rec.get('threads')} thread(s), load average {min(load):.1f}-{max(load):.1f} on "
-          f"{rec['device']['cpu_count']} cores; " + "; ".join(f"{r['name']}: commit {r['commit'][:7]}, {r['wall_time_s'] / 60:.0f} min" for r in rec["records"]))
-    print(f"{'model':>16} {'total':>9} {'active':>8} {'steps':>5} {'bits/byte':>14} {'steps→dense':>11} {'s→dense':>8} "
-          f"{'s/step':>6} {'drop':>5} {'load cv':>7}")
-    for r in scaling_table(rec):
-        sd = f"±{r['bits_std']:.3f}" if r["seeds"] > 1 else "      "
-        f = lambda v, fmt: "-" if v is None else format(v, fmt)
-        print(f"{r['model']:>16} {r['total']:>9,} {r['active']:>8,} {r['steps']:>5} {r['bits_mean']:>7.3f}{sd} {f(r['steps_to_dense'], '.0f'):>11} "
-              f"{f(r['seconds_to_dense'], '.0f'):>8} {f(r['sec_per_step'], '.3f'):>6} {r['drop']:>5.3f} {r['load_cv']:>7.2f}")
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    bases = [k for k in rec["runs"] if " seed=" not in k and "upcycl" not in k]
-    for k, r in rec["runs"].items():
-        if "upcycl" in k: continue
-        h, seed, c = r["history"], " seed=" in k, f"C{bases.index(k.split(' seed=')[0]) % 10}"   # a seed: its model's colour
-        kw = dict(lw=0.8, alpha=0.8, ls=":", c=c) if seed else dict(lw=1.5, label=k, c=c)
-        for a, x in zip(ax[:1] if seed else ax, ("step", "seconds")):    # seeds ran in another process: steps only
-            a.plot([p[x] for p in h], [p["valid_loss"] / ln2 for p in h], **kw)
-    ax[0].set(xlabel="training step", ylabel="validation bits / byte", ylim=(None, rec["runs"]["N=1"]["history"][min(2, len(rec["runs"]["N=1"]["history"]) - 1)]["valid_loss"] / ln2))
-    ax[1].set(xlabel="own training seconds (round-robin)"); ax[0].legend(fontsize=7); fig.suptitle("byte-level LM on IMDB train reviews (dotted: extra seeds)")
-    plt.show()
-    if rec.get("expert_bytes"):
-        k = "N=8" if "N=8" in rec["expert_bytes"] else next(iter(rec["expert_bytes"]))   # 8 rows: readable
-        layers = rec["expert_bytes"][k]
-        c = torch.tensor(layers[list(layers)[-1]]).float()
-        cols = c.sum(0).argsort(descending=True)[:40]
-        share = c[:, cols] / c[:, cols].sum(0, keepdim=True)               # P(expert | byte)
-        fig, a = plt.subplots(figsize=(10, 0.3 * len(c) + 1))
-        a.imshow(share, aspect="auto", cmap="viridis"); a.set_yticks(range(len(c)))
-        a.set_xticks(range(len(cols)), [byte_label(int(i)) for i in cols], fontsize=7)
-        a.set(ylabel="expert", title=f"{k}, last layer: share of each byte (40 most frequent) sent to each expert"); plt.show()
-        for l, tb in rec["top_bytes"][k].items():
-            print(f"{k} {l}, top bytes per expert:"); [print(f"  expert {i}: " + " ".join(t)) for i, t in enumerate(tb)]
-    if rec.get("upcycling"): print("upcycling:", {k: round(v / ln2, 3) if isinstance(v, float) and k.endswith("valid") else v for k, v in rec["upcycling"].items()})
-    return rec

@@ -22,7 +22,7 @@ from .transformer import SwitchTransformerClassifier
 # %% auto #0
 __all__ = ['NBSVM', 'mlm_corpus', 'mask_tokens', 'MLMOutput', 'SwitchTransformerMLM', 'encoder_state_dict', 'load_encoder',
            'save_encoder', 'load_encoder_file', 'mlm_loss', 'unigram_entropy', 'mlm_eval', 'pretrain_mlm',
-           'expert_forward', 'upcycle', 'mlm_model', 'finetune', 'show_pretrain']
+           'expert_forward', 'upcycle', 'mlm_model', 'finetune']
 
 # %% ../nbs/18_pretrain.ipynb #11d0c00e
 class NBSVM:
@@ -275,28 +275,3 @@ def finetune(cfg, encoder=None, tok=None, dsd=None, dls=None, out_dir=None) -> d
     res.update(params=count_parameters(model), pretrained=encoder is not None, missing_keys=missing,
                wall_time_s=time.perf_counter() - t0)
     return res
-
-# %% ../nbs/18_pretrain.ipynb #8d34c1bc
-def show_pretrain(folder=None):
-    "Print the NBSVM line and the pretraining records in `folder` (default: results/); plot MLM curves. Returns the records."
-    from moe_course.core import load_results
-    from moe_course.core import results_dir
-    folder = results_dir() if folder is None else Path(folder)
-    nb, pre = load_results("nbsvm_imdb*.json", folder), load_results("pretrain_imdb*.json", folder)
-    for r in load_results("imdb_switch_cpu*.json", folder):
-        print(f"CPU preset {r.get('preset')}: test accuracy {r['metrics']['test_accuracy']:.4f} "
-              f"({r['device'].get('device')}, {r['wall_time_s']:.0f} s wall, commit {r.get('commit')}); seed reference 0.8512")
-    for r in nb: print(f"NBSVM (uni+bigrams): test accuracy {r['test']['accuracy']:.4f} on {r['sizes']['test']:,} reviews "
-                       f"({r['device'].get('device')}, {r['wall_time_s']:.0f} s); paper 0.9122")
-    if not pre: print("No pretraining run recorded yet: run experiments/pretrain_imdb.py")
-    import matplotlib.pyplot as plt
-    for r in pre:
-        ft = (r.get("finetune") or {}).get("test") or {}
-        print(f"{r['name']}: {r['device'].get('device')} · commit {r.get('commit')} · wall {r.get('wall_time_s') or 0:.0f}s · "
-              f"fine-tuned test accuracy {ft.get('accuracy')}")
-        curves = {k: v["history"] for k, v in (r.get("mlm") or {}).items() if v.get("history")}
-        if curves:
-            fig, ax = plt.subplots(figsize=(5, 3))
-            for k, h in curves.items(): ax.plot([x["step"] for x in h], [x.get("valid_loss", x["train_loss"]) for x in h], label=k)
-            ax.set(xlabel="MLM step", ylabel="valid MLM loss", title=r["name"]); ax.legend(fontsize=7); plt.show()
-    return dict(nbsvm=nb, pretrain=pre)
