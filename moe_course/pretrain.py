@@ -26,7 +26,7 @@ __all__ = ['NBSVM', 'mlm_corpus', 'mask_tokens', 'MLMOutput', 'SwitchTransformer
 
 # %% ../nbs/18_pretrain.ipynb #11d0c00e
 class NBSVM:
-    "Naive-Bayes-weighted uni+bigram logistic regression (Wang & Manning 2012) for binary labels."
+    "NB-weighted uni+bigram logistic regression (Wang & Manning 2012's NBSVM features, no interpolation), binary labels."
     def __init__(self, ngram_range=(1, 2), alpha: float = 1.0, C: float = 1.0, min_df: int = 1, seed: int = 0):
         if alpha <= 0 or C <= 0: raise ValueError(f"alpha and C must be > 0, got alpha={alpha}, C={C}")
         self.ngram_range, self.alpha, self.C, self.min_df, self.seed = tuple(ngram_range), alpha, C, min_df, seed
@@ -297,6 +297,7 @@ def show_pretrain(folder=None):
         curves = {k: v["history"] for k, v in (r.get("mlm") or {}).items() if v.get("history")}
         if curves:
             fig, ax = plt.subplots(figsize=(5, 3))
-            for k, h in curves.items(): ax.plot([x["step"] for x in h], [x.get("valid_loss", x["train_loss"]) for x in h], label=k)
+            for k, h in curves.items():   # markers: a run with one evaluation is one point, which a line alone would not draw
+                ax.plot([x["step"] for x in h], [x.get("valid_loss", x["train_loss"]) for x in h], marker="o", label=k)
             ax.set(xlabel="MLM step", ylabel="valid MLM loss", title=r["name"]); ax.legend(fontsize=7); plt.show()
     return dict(nbsvm=nb, pretrain=pre)

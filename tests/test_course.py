@@ -38,8 +38,10 @@ def exercises(nb) -> tuple[set, int]:
     for i, c in enumerate(nb["cells"]):
         if c["cell_type"] != "markdown": continue
         s = _src(c)
-        if re.match(r"#+\s", s): in_section = bool(re.match(r"#+\s+(Checked\s+)?Exercises\b", s, re.I))
-        found = set(EXERCISE.findall(s)) | (set(LISTED.findall(s)) if in_section else set())
+        found = set(EXERCISE.findall(s))
+        for part in re.split(r"^(?=#+\s)", s, flags=re.M):   # a cell may hold several headings
+            if re.match(r"#+\s", part): in_section = bool(re.match(r"#+\s+(Checked\s+)?Exercises\b", part, re.I))
+            if in_section: found |= set(LISTED.findall(part))
         if found and first is None: first = i
         nums |= found
     flags = rn.skip_flags()
@@ -102,6 +104,7 @@ def test_exercise_counter():
                      md("## Papers\n1. **Paper.**")])
     assert exercises(nb) == ({"1", "2"}, 2)
     assert exercises(dict(cells=[md("**Exercise 1.** a"), code("assert 1"), md("**Exercise 2.** b")])) == ({"1", "2"}, 1)
+    assert exercises(dict(cells=[md("Text.\n## Exercises\n1. **A.**\n2. **B.**\n## Papers\n3. **C.**"), code("assert 1")])) == ({"1", "2"}, 1)
 
 
 def test_syllabus_lists_every_chapter():
