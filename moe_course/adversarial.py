@@ -8,8 +8,11 @@ import math, numbers
 import torch
 from torch import nn
 
+from .learner import Callback, register_config_callback
+from .optim import compute_loss
+
 # %% auto #0
-__all__ = ['FGM']
+__all__ = ['FGM', 'FGMCallback']
 
 # %% ../nbs/12_adversarial.ipynb #4877cb89
 class FGM:
@@ -54,3 +57,16 @@ class FGM:
         self.backup = {}
 
     def __repr__(self): return f"FGM(epsilon={self.epsilon}, emb_name={self.emb_name!r}, perturbed={list(self.backup)})"
+
+# %% ../nbs/12_adversarial.ipynb #57b0f41d
+class FGMCallback(Callback):
+    "FGM adversarial training in `Learner`: after the clean backward, attack, backward again on the same batch, restore."
+    def __init__(self, epsilon: float = 1.0, emb_name: str = "tok_emb"): self.epsilon, self.emb_name, self.fgm = epsilon, emb_name, None
+    def after_prepare(self, learn): self.fgm = FGM(learn.raw, epsilon=self.epsilon, emb_name=self.emb_name)
+    def after_backward(self, learn):
+        if self.fgm is None: self.fgm = FGM(learn.acc.unwrap_model(learn.model), self.epsilon, self.emb_name)   # outside fit
+        if self.fgm.attack():   # adversarial pass on perturbed embeddings; gradients accumulate
+            learn.acc.backward(compute_loss(learn.model(**learn.inputs), learn.labels, learn.cfg)[0])
+            self.fgm.restore()
+
+register_config_callback("adversarial", lambda cfg: FGMCallback(cfg.fgm_epsilon) if cfg.fgm else None);

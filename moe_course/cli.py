@@ -8,6 +8,9 @@ import argparse, dataclasses, datetime, json, sys, time, warnings
 from pathlib import Path
 from fastcore.script import Param, anno_parser, store_true
 from .config import TrainConfig, PRESETS, CHOICES, get_config
+# every feature a TrainConfig can ask for: chapter `routers` registers its routers and the router-bias callback,
+# chapter `ep_training` the expert-parallel callback (chapter `imdb`, imported by `train`, brings FGM)
+import moe_course.routers, moe_course.ep_training
 
 # %% auto #0
 __all__ = ['COMMANDS', 'data', 'train_parser', 'train_cli', 'read_texts', 'predict_parser', 'predict_cli', 'evaluate_parser',

@@ -12,7 +12,9 @@ from pathlib import Path
 __all__ = ['CHOICES', 'PRESETS', 'TrainConfig', 'get_config']
 
 # %% ../nbs/09_config.ipynb #a21cd214
-def _f(default, help): return field(default=default, metadata=dict(help=help))
+def _f(default, help, switch_on=None):
+    "A field with its help text; `switch_on`: the chapter whose training callback a true value asks for."
+    return field(default=default, metadata=dict(help=help) if switch_on is None else dict(help=help, callback=switch_on))
 
 CHOICES = dict(router=("switch", "random", "hash", "expert_choice"), balancing=("aux", "bias"), dispatch=("grouped", "padded", "einsum"), norm=("pre", "post"), gate=("expert", "ffn"),
                precision=("auto", "fp32", "bf16"), scheduler=("plateau", "cosine", "none"),
@@ -49,7 +51,7 @@ class TrainConfig:
     balancing: str = _f("aux", "load balancing: aux (the auxiliary loss) or bias (DeepSeek-V3's bias, updated each step)")
     bias_rate: float = _f(1e-3, "bias balancing: step gamma of the per-expert bias")
     dispatch: str = _f("grouped", "how tokens reach experts: grouped (sort + grouped GEMM), padded (capacity buffer) or einsum (one-hot, for teaching); index = grouped")
-    expert_parallel: bool = _f(False, "spread each Switch layer's experts over the processes of a torchrun launch, the rest data parallel (chapter 21)")
+    expert_parallel: bool = _f(False, "spread each Switch layer's experts over the processes of a torchrun launch, the rest data parallel (chapter 21)", switch_on="ep_training")
     norm: str = _f("pre", "LayerNorm placement: pre or post")
     gate: str = _f("expert", "what the router gate scales: expert (the reference: FFN and inner skip) or ffn (the FFN only; the skip reaches every token)")
     dropout: float = _f(0.1, "dropout")
@@ -67,7 +69,7 @@ class TrainConfig:
     aux_weight: float = _f(0.01, "weight of the load-balancing loss")
     z_weight: float = _f(0.0, "weight of the router z-loss")
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
-    fgm: bool = _f(False, "FGM adversarial training on the token embeddings")
+    fgm: bool = _f(False, "FGM adversarial training on the token embeddings", switch_on="adversarial")
     fgm_epsilon: float = _f(1.0, "FGM perturbation norm")
     precision: str = _f("auto", "auto (bf16 on a CUDA GPU, else fp32), fp32 or bf16")
     compile: bool = _f(False, "torch.compile the model in fit (recompiles for new input shapes); pays off on a GPU, not in short CPU runs")

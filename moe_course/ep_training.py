@@ -10,10 +10,11 @@ from torch import nn
 
 from .moe import Switch
 from .expert_parallel import ExpertParallelSwitch
+from .learner import Callback, register_config_callback
 
 # %% auto #0
 __all__ = ['is_expert_parameter', 'to_expert_parallel', 'gather_switch', 'from_expert_parallel', 'prepare_expert_parallel',
-           'sync_gradients', 'clip_grad_norm_ep']
+           'sync_gradients', 'clip_grad_norm_ep', 'ExpertParallelCB']
 
 # %% ../nbs/22_ep_training.ipynb #e74b3189
 def is_expert_parameter(p: torch.Tensor) -> bool:
@@ -85,19 +86,16 @@ def clip_grad_norm_ep(parameters, max_norm: float, group=None) -> torch.Tensor:
     for p in ps: p.grad.mul_(coef.to(p.grad.dtype))
     return total
 
-# %% ../nbs/22_ep_training.ipynb #72502907
-def _dp_demo(rank: int, W: int) -> dict:
-    "Largest |EP - reference| of the gradients and of the weights after one SGD step (reference: mean loss of all batches)."
-    def build():
-        torch.manual_seed(0); return nn.ModuleDict(dict(proj=nn.Linear(8, 8), ffn=Switch(8, 16, 4, capacity_factor=1.0)))
-    batches = [torch.randn(12, 8, generator=torch.Generator().manual_seed(j)) for j in range(W)]
-    loss = lambda m, x: (lambda y, d: y.pow(2).mean() + 0.01 * d.aux_loss)(*m["ffn"](m["proj"](x)))
-    ep, ref = prepare_expert_parallel(build()), build()
-    loss(ep, batches[rank]).backward(); sync_gradients(ep)
-    (sum(loss(ref, x) for x in batches) / W).backward()            # L = (1/W) sum_r L_r
-    R, sl = dict(ref.named_parameters()), slice(rank * 4 // W, (rank + 1) * 4 // W)
-    pick = lambda n, p, t: t[sl] if is_expert_parameter(p) else t
-    grad = max((p.grad - pick(n, p, R[n].grad)).abs().max().item() for n, p in ep.named_parameters())
-    for m in (ep, ref): torch.optim.SGD(m.parameters(), lr=0.1).step()
-    step = max((p - pick(n, p, R[n])).abs().max().item() for n, p in ep.named_parameters())
-    return dict(grad=grad, step=step)
+# %% ../nbs/22_ep_training.ipynb #22219e5b
+class ExpertParallelCB(Callback):
+    "`Learner` callback: experts spread over the ranks before the optimiser exists, the global-norm clip, experts gathered at the end."
+    def before_fit(self, learn):
+        if learn.resume: raise ValueError("resume is not supported with expert_parallel (each rank holds other experts)")
+        prepare_expert_parallel(learn.model)
+        learn.checkpointable = False
+        def clip(): # ||g||^2 = ||g_replicated||^2 + sum over ranks ||g_experts||^2
+            if learn.cfg.grad_clip > 0: clip_grad_norm_ep(learn.model.parameters(), learn.cfg.grad_clip)
+        learn.clip_grad = clip
+    def after_fit(self, learn): from_expert_parallel(learn.raw)   # a single-process model to save and count
+
+register_config_callback("ep_training", lambda cfg: ExpertParallelCB() if cfg.expert_parallel else None);

@@ -8,6 +8,7 @@ import dataclasses, json, math, os, time
 from pathlib import Path
 from .config import TrainConfig, get_config
 from .learner import fit
+import moe_course.adversarial  # registers FGMCallback: TrainConfig(fgm=True) trains with FGM
 
 # %% auto #0
 __all__ = ['build_loaders', 'build_model', 'train', 'save_run_model', 'plot_expert_load', 'ablation_grid', 'run_ablations',

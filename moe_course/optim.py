@@ -4,7 +4,10 @@
 
 # %% ../nbs/10_optim.ipynb #fc091dca
 from __future__ import annotations
-import functools, math
+import functools, math, random
+from pathlib import Path
+
+import numpy as np
 
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -12,7 +15,8 @@ from .config import TrainConfig, get_config
 
 # %% auto #0
 __all__ = ['TinyTextClassifier', 'synthetic_loaders', 'classification_metrics', 'unpack_output', 'compute_loss', 'make_optimizer',
-           'warmup_cosine', 'make_scheduler', 'EarlyStopping', 'expert_stats']
+           'warmup_cosine', 'make_scheduler', 'EarlyStopping', 'expert_stats', 'make_accelerator', 'evaluate',
+           'plot_history']
 
 # %% ../nbs/10_optim.ipynb #1c7e9158
 class TinyTextClassifier(nn.Module):
@@ -116,3 +120,82 @@ def expert_stats(diagnostics) -> tuple[torch.Tensor | None, torch.Tensor | None]
     load = sum(F.pad(torch.as_tensor(d.tokens_per_expert).detach().float(), (0, n - len(d.tokens_per_expert))) for d in diags)
     dropped = sum(torch.as_tensor(d.dropped, device=load.device).float() for d in diags)
     return load, dropped
+
+# %% ../nbs/10_optim.ipynb #c4fb9c23
+def make_accelerator(cfg: TrainConfig, precision: str | None = None):
+    "An `accelerate.Accelerator`; `precision` (default `cfg.precision`) 'auto' is bf16 on a CUDA GPU that supports it."
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
+    mp = dict(auto="bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no",
+              fp32="no", bf16="bf16")[precision or cfg.precision]
+    # DDP must be told when a step may leave a parameter without a gradient. The stacked experts always get one
+    # (zero for an idle expert), but other models trained with `fit` may not: stay tolerant
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.num_experts > 1)
+    kw = dict(mixed_precision=mp, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
+    try: return Accelerator(**kw)
+    except ValueError:  # an earlier Accelerator in this process used another precision
+        AcceleratorState._reset_state()
+        return Accelerator(**kw)
+
+def _inputs(batch): return {k: v for k, v in batch.items() if k != "labels"}
+
+@torch.no_grad()
+def evaluate(acc, model, loader, cfg=None, desc="eval") -> dict:
+    "Mean cross-entropy (no smoothing), accuracy, macro F1 and positive-class F1 over all processes."
+    from tqdm.auto import tqdm
+    model.eval(); losses, preds, labels = [], [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not ((cfg is None or cfg.progress) and acc.is_main_process)):
+        logits = unpack_output(model(**_inputs(batch)))[0].float()
+        l, p, y = acc.gather_for_metrics((F.cross_entropy(logits, batch["labels"], reduction="none"),
+                                          logits.argmax(-1), batch["labels"]))
+        losses.append(l.cpu()); preds.append(p.cpu()); labels.append(y.cpu())
+    loss = torch.cat(losses).mean().item()
+    return dict(loss=loss, **classification_metrics(torch.cat(preds), torch.cat(labels)))
+
+def plot_history(history: list[dict], path=None):
+    "Loss, accuracy/F1 and learning-rate curves; saved as a small PNG if `path` is given."
+    import matplotlib; import matplotlib.pyplot as plt
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 3, figsize=(9, 2.8))
+    ax[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train"); ax[0].plot(ep, [h["valid_loss"] for h in history], "o-", label="valid")
+    ax[0].set_title("loss"); ax[0].legend()
+    ax[1].plot(ep, [h["train_acc"] for h in history], "o-", label="train acc"); ax[1].plot(ep, [h["valid_acc"] for h in history], "o-", label="valid acc")
+    ax[1].plot(ep, [h["valid_f1"] for h in history], "s--", label="valid F1"); ax[1].set_title("accuracy"); ax[1].legend()
+    ax[2].plot(ep, [h["lr"] for h in history], "o-"); ax[2].set_title("learning rate (epoch start)")
+    if all(h["lr"] > 0 for h in history): ax[2].set_yscale("log")
+    for a in ax: a.set_xlabel("epoch")
+    fig.tight_layout()
+    if path is not None: fig.savefig(path, dpi=80); plt.close(fig)
+    return fig
+
+# %% ../nbs/10_optim.ipynb #b14013d4
+def _rng_state():
+    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+def _set_rng_state(s):
+    random.setstate(s["python"]); np.random.set_state(s["numpy"]); torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+
+def _module_generators(model) -> dict:
+    "Modules that keep their own `torch.Generator` in `_gen` (e.g. the ViT's BatchAugment): name -> generator."
+    return {n: m._gen for n, m in model.named_modules() if isinstance(getattr(m, "_gen", None), torch.Generator)}
+
+def _atomic_save(obj, path: Path):
+    tmp = path.with_suffix(".tmp"); torch.save(obj, tmp); tmp.replace(path)
+
+def _reseed(seed: int):
+    "Cheap reseed of python, numpy and torch at the start of each epoch: makes an epoch independent of earlier ones."
+    random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
+
+def _reseed_loader(loader, seed: int, epoch: int):
+    "Restart the random streams a DataLoader and its samplers keep (torch.Generator, random.Random) and call set_epoch."
+    bs = getattr(loader, "batch_sampler", None)
+    for obj in (loader, getattr(loader, "dataset", None), getattr(loader, "sampler", None), bs, getattr(bs, "sampler", None), getattr(bs, "batch_sampler", None)):
+        if obj is None: continue
+        if hasattr(obj, "set_epoch"): obj.set_epoch(epoch)
+        for name in ("generator", "rng", "_rng", "_gen"):
+            g = getattr(obj, name, None)
+            if isinstance(g, torch.Generator): g.manual_seed(seed)
+            elif isinstance(g, random.Random): g.seed(seed)

@@ -57,7 +57,7 @@ def setup(cfg, steps: int):
 
 
 def sync_check(smoke: bool) -> dict:
-    from moe_course.adversarial import FGM
+    from moe_course.adversarial import FGMCallback
     from moe_course.learner import train_step
     dev = torch.device("cpu" if smoke else "cuda")
     cuda = dev.type == "cuda"
@@ -65,16 +65,16 @@ def sync_check(smoke: bool) -> dict:
     for compiled, fgm_on in [(False, False), (True, False), (False, True)]:
         cfg = config(smoke, compile=compiled, fgm=fgm_on)
         acc, model, opt, sched = setup(cfg, 10)
-        fgm = FGM(acc.unwrap_model(model), epsilon=cfg.fgm_epsilon) if fgm_on else None
+        cbs = [FGMCallback(cfg.fgm_epsilon)] if fgm_on else []
         data = batches(cfg, 3, acc.device)
         t0 = time.perf_counter()
-        for b in data[:2]: train_step(acc, model, b, opt, cfg, sched, fgm)   # warm-up: compilation, lazy state
+        for b in data[:2]: train_step(acc, model, b, opt, cfg, sched, cbs)   # warm-up: compilation, lazy state
         if cuda: torch.cuda.synchronize()
         warm = time.perf_counter() - t0
         row = dict(compiled=compiled, fgm=fgm_on, warmup_s=warm, synced=None, error=None)
         try:
             if cuda: torch.cuda.set_sync_debug_mode("error")
-            train_step(acc, model, data[2], opt, cfg, sched, fgm)
+            train_step(acc, model, data[2], opt, cfg, sched, cbs)
             row["synced"] = False
         except RuntimeError as e:
             row.update(synced=True, error=str(e)[:2000])
@@ -89,19 +89,19 @@ def sync_check(smoke: bool) -> dict:
 
 
 def throughput(smoke: bool, steps: int) -> dict:
-    from moe_course.adversarial import FGM
+    from moe_course.adversarial import FGMCallback
     from moe_course.learner import train_one_epoch
     rows = []
     for compiled in (False, True):
         for fgm_on in (True, False):
             cfg = config(smoke, compile=compiled, fgm=fgm_on)
             acc, model, opt, sched = setup(cfg, steps)
-            fgm = FGM(acc.unwrap_model(model), epsilon=cfg.fgm_epsilon) if fgm_on else None
+            cbs = [FGMCallback(cfg.fgm_epsilon)] if fgm_on else []
             data = batches(cfg, steps, acc.device)
             t0 = time.perf_counter()
-            train_one_epoch(acc, model, data[:5], opt, cfg, sched, fgm, log_every=10**9)   # warm-up (compiles shapes)
+            train_one_epoch(acc, model, data[:5], opt, cfg, sched, cbs, log_every=10**9)   # warm-up (compiles shapes)
             warm = time.perf_counter() - t0
-            tr = train_one_epoch(acc, model, data, opt, cfg, sched, fgm, log_every=10**9)
+            tr = train_one_epoch(acc, model, data, opt, cfg, sched, cbs, log_every=10**9)
             row = dict(compiled=compiled, fgm=fgm_on, steps=steps, warmup_s=warm, tokens_per_s=tr["tokens_per_s"],
                        step_s=tr["train_time_s"] / steps, train_loss=tr["train_loss"])
             print(f"throughput: compiled={compiled} fgm={fgm_on}: {row['tokens_per_s']:,.0f} real tokens/s, "
