@@ -56,7 +56,7 @@ def _src(c) -> str: return "".join(c["source"]) if isinstance(c["source"], list)
 
 
 def _cell(kind: str, src: str, cid: str) -> dict:
-    c = dict(cell_type=kind, id=cid, metadata={}, source=src)
+    c = dict(cell_type=kind, id=cid, metadata={}, source=src.splitlines(True))
     if kind == "code": c.update(execution_count=None, outputs=[])
     return c
 
