@@ -110,5 +110,5 @@ def test_exercise_counter():
 def test_syllabus_lists_every_chapter():
     idx = "\n".join(_src(c) for c in _nb(NBS / "index.ipynb")["cells"] if c["cell_type"] == "markdown")
     assert re.search(r"^#+\s+Syllabus", idx, re.M), "index.ipynb: no Syllabus section"
-    missing = [p.stem for p in CHAPTERS if p.name not in idx]
+    missing = [p.stem for p in CHAPTERS if f"`{p.stem}`" not in idx]
     assert not missing, f"index.ipynb: the syllabus does not link {missing}"
