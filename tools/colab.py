@@ -89,10 +89,16 @@ def main(argv=None) -> int:
         if json.loads(new) != json.loads(text):
             stale.append(p.name)
             if not a.check: p.write_text(new, encoding="utf-8")
+    idx = ROOT / "nbs" / "index.ipynb"   # not a chapter (no badge), but the same kernelspec
+    if idx.exists():
+        nb = json.loads(idx.read_text(encoding="utf-8"))
+        if nb.get("metadata", {}).get("kernelspec") != KERNELSPEC:
+            stale.append(idx.name)
+            if not a.check: nb.setdefault("metadata", {})["kernelspec"] = dict(KERNELSPEC); idx.write_text(dumps(nb), encoding="utf-8")
     if a.check:
         if stale: print("colab: badge/install cell missing or stale in " + ", ".join(stale) + ": run python tools/colab.py")
         return 1 if stale else 0
-    print(f"colab: {len(stale)} chapter(s) updated, {len(chapters()) - len(stale)} already current")
+    print(f"colab: {len(stale)} notebook(s) updated, {len(chapters()) + 1 - len(stale)} already current")
     if stale:  # nbdev's own JSON layout and cell ids
         import os
         from nbdev.clean import nbdev_clean
