@@ -2,7 +2,7 @@
 and of hash routing at the chapter's largest point (32 experts of width 16, 8,192 facts, the sweep's other settings),
 so that each is compared at its own best learning rate. CPU, minutes.
 
-    python experiments/memorize_lr.py                                   # -> results/memorize_lr_cpu.json
+    python experiments/memorize_lr.py                                   # -> results/lr_sweep_memorize_cpu.json
     python experiments/memorize_lr.py --lrs 0.01 --seeds 1 --n-facts 512 --epochs 2 --out /tmp/m.json   # smoke test
 
 The record (moe_course.core.save_result: device, commit, wall time) is rewritten after every run.
@@ -17,7 +17,7 @@ from common import ROOT  # experiments/common.py
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(ROOT / "results" / "memorize_lr_cpu.json"))
+    ap.add_argument("--out", default=str(ROOT / "results" / "lr_sweep_memorize_cpu.json"))
     ap.add_argument("--kinds", nargs="*", default=["dense-total", "hash"])
     ap.add_argument("--experts", type=int, default=32)
     ap.add_argument("--lrs", type=float, nargs="*", default=[3e-3, 1e-2, 3e-2])
