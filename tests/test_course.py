@@ -74,6 +74,9 @@ def test_colab_badge_and_install_cell(path):
     first_code = next(s for c, s in zip(nb["cells"], src) if c["cell_type"] == "code")
     assert colab.INSTALL_MARK in first_code, f"{path.name}: the first code cell must install the course: run tools/colab.py"
     assert nb["metadata"]["kernelspec"] == colab.KERNELSPEC
+    open_solutions = [c.get("id") for c, s in zip(nb["cells"], src) if c["cell_type"] == "code" and s.startswith(colab.SOLUTION_MARK)
+                      and not c.get("metadata", {}).get("jupyter", {}).get("source_hidden")]
+    assert not open_solutions, f"{path.name}: solution cells not collapsed {open_solutions}: run tools/colab.py"
 
 
 def test_colab_tool_is_idempotent():

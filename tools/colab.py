@@ -12,7 +12,7 @@ bring), installs it in editable mode, puts it on `sys.path` (an editable install
 `MOE_COURSE_SAMPLES` at its `data/` and moves into its `nbs/` folder, so the chapters' relative paths (`../results`,
 `../data`) work as they do here. The notebooks' kernelspec is set to the one `make install` registers (`python3`,
 display name `python3`: nbdev_clean writes the kernel's name as its display name, and JupyterLab would otherwise
-rewrite it on the first save).
+rewrite it on the first save). Exercise solution cells (first line `# solution`) are marked collapsed for JupyterLab.
 """
 from __future__ import annotations
 import argparse, configparser, json, sys
@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BADGE_MARK = "colab.research.google.com/github/"
 INSTALL_MARK = "# Colab or a fresh machine: install the course"
 KERNELSPEC = {"display_name": "python3", "language": "python", "name": "python3"}
+SOLUTION_MARK = "# solution"   # the first line of an exercise's solution cell (settings.ini keeps the `jupyter` cell metadata)
 
 
 def settings() -> dict:
@@ -68,6 +69,9 @@ def refresh(nb: dict, fname: str, cfg: dict) -> dict:
     title = next((i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and _src(c).lstrip().startswith("# ")), -1)
     cells[title + 1:title + 1] = [_cell("markdown", badge_source(fname, cfg), "colab-badge"),
                                   _cell("code", install_source(cfg), "colab-install")]
+    for c in cells:   # exercise solutions start collapsed in JupyterLab (try first, then click to open); CI still runs them
+        if c["cell_type"] == "code" and _src(c).startswith(SOLUTION_MARK):
+            c.setdefault("metadata", {}).setdefault("jupyter", {})["source_hidden"] = True
     nb["cells"] = cells
     nb.setdefault("metadata", {})["kernelspec"] = dict(KERNELSPEC)
     return nb
