@@ -14,7 +14,7 @@ $(STAMP): settings.ini setup.py
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null 2>&1 || true
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name python3 >/dev/null 2>&1 || true
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -228,7 +228,7 @@ class Switch(nn.Module):
 def plot_routing_load(d: SwitchDiagnostics, ax=None):
     "Bar chart of one forward's diagnostics: processed/dropped tokens per expert, the capacity line, n·P_i dots."
     import matplotlib.pyplot as plt
-    if ax is None: fig, ax = plt.subplots(figsize=(6, 3))
+    if ax is None: fig, ax = plt.subplots(figsize=(7, 3))
     else: fig = ax.figure
     N = d.tokens_per_expert.shape[0]
     i, kept, load, C = list(range(N)), d.kept_per_expert.tolist(), d.tokens_per_expert.tolist(), int(d.capacity)
@@ -242,6 +242,6 @@ def plot_routing_load(d: SwitchDiagnostics, ax=None):
         title = (f"dropped {int(d.dropped)}/{int(d.num_assignments)} assignments · aux {d.aux_loss.item():.2f}\n"
                  f"tokens with no expert {int(d.unserved)}, with ≥2 experts {int(d.multi_served)}")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)   # beside the bars, never over them
     fig.tight_layout()
     return fig

@@ -26,7 +26,7 @@ __all__ = ['NBSVM', 'mlm_corpus', 'mask_tokens', 'MLMOutput', 'SwitchTransformer
 
 # %% ../nbs/18_pretrain.ipynb #11d0c00e
 class NBSVM:
-    "Naive-Bayes-weighted uni+bigram logistic regression (Wang & Manning 2012) for binary labels."
+    "NB-weighted uni+bigram logistic regression (Wang & Manning 2012's NBSVM features, no interpolation), binary labels."
     def __init__(self, ngram_range=(1, 2), alpha: float = 1.0, C: float = 1.0, min_df: int = 1, seed: int = 0):
         if alpha <= 0 or C <= 0: raise ValueError(f"alpha and C must be > 0, got alpha={alpha}, C={C}")
         self.ngram_range, self.alpha, self.C, self.min_df, self.seed = tuple(ngram_range), alpha, C, min_df, seed

@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_routers.ipynb #b0dc1552
 from __future__ import annotations
-import statistics
+import re, statistics
 from dataclasses import dataclass
 
 import torch
@@ -215,8 +215,9 @@ def show_routers(folder=None, pattern: str = "routers*.json"):
     import matplotlib.pyplot as plt, pandas as pd
     recs = {r["name"]: r for r in load_results(pattern, results_dir() if folder is None else folder)}   # newest per name
     for rec in recs.values():
+        cmd = re.sub(r" --data-dir \S+", "", str(rec.get("command")))   # the command, without a machine's data path
         print(f"{rec['name']}: {rec['device'].get('device')} · commit {str(rec.get('commit'))[:10]} · "
-              f"wall {rec.get('wall_time_s') or 0:.0f}s · {rec.get('command')}")
+              f"wall {rec.get('wall_time_s') or 0:.0f}s · {cmd}")
         for r in rec.get("steptime", []):   # the interleaved step-time record
             print(f"    {r['router']:>15}: median step {1000 * r['median_step_s']:.1f} ms, x{r['ratio_to_first']:.2f} of top-1")
     recs = {k: r for k, r in recs.items() if r.get("rows")}
