@@ -14,7 +14,8 @@ from moe_course.moe import Switch
 from moe_course.moe_checks import (check_aux_per_layer, check_aux_responds, check_bias_update, check_capacity,
                                    check_choice_priority, check_jitter, check_loss_includes_aux, check_padding_ignored,
                                    check_router_fp32, check_router_gates, check_step_updates_bias,
-                                   check_task_gradient_reaches_router, ep_gradient_errors, router_biases)
+                                   check_task_gradient_reaches_router, ddp_router_load_error, ep_gradient_errors,
+                                   router_biases)
 from moe_course.optim import make_optimizer
 from moe_course.routers import TopKRouter
 from moe_course.routing import Route
@@ -127,10 +128,25 @@ def test_router_fp32_under_autocast(kw):
     assert check_router_fp32(Switch(16, 32, 8, **kw), x) == 0
 
 
-def test_ep_gradients_equal_one_process():
-    for r, err in enumerate(spawn(ep_gradient_errors, 2, timeout=150)):
-        assert set(err) == {"experts", "router", "dense"}
-        for k, v in err.items(): assert v < 1e-6, (r, k, v)
+def _rank_checks(rank, world):
+    "The multi-process checks in one launch (starting processes costs seconds on a small CPU)."
+    return dict(ep=ep_gradient_errors(rank, world), ddp={f: ddp_router_load_error(rank, world, f) for f in (1, 2)})
+
+
+@pytest.fixture(scope="module")
+def ranks():
+    return spawn(_rank_checks, 2, timeout=150)
+
+
+def test_ep_gradients_equal_one_process(ranks):
+    for r, res in enumerate(ranks):
+        assert set(res["ep"]) == {"experts", "router", "dense"}
+        for k, v in res["ep"].items(): assert v < 1e-6, (r, k, v)
+
+
+def test_ddp_keeps_every_rank_router_load(ranks):
+    # make_accelerator's DDP must not overwrite the load buffers, even with two forwards per step (FGM)
+    for r, res in enumerate(ranks): assert res["ddp"] == {1: 0.0, 2: 0.0}, (r, res["ddp"])
 
 
 # ---- each check fails when its invariant is broken (the chapter's reproductions) ----
