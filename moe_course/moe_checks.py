@@ -95,8 +95,8 @@ def check_aux_responds(layer: nn.Module, n: int = 64, seed: int = 0) -> float:
 # %% ../nbs/23_moe_bugs.ipynb #ff764b70
 def check_loss_includes_aux(model: nn.Module, batch: dict, cfg) -> float:
     "One `train_step`: the loss it minimises is CE + aux_weight·aux + z_weight·z, with a non-zero aux."
-    from moe_course.learner import make_accelerator, train_step
-    from moe_course.optim import make_optimizer
+    from moe_course.learner import train_step
+    from moe_course.optim import make_accelerator, make_optimizer
     out, loss, ce, aux = train_step(make_accelerator(cfg), model, batch, make_optimizer(model, cfg), cfg)
     _ensure(aux.item() > 0, "the model reports no aux loss")
     want = ce + cfg.aux_weight * aux + cfg.z_weight * out.z_loss.detach().float()
@@ -227,7 +227,7 @@ def ep_gradient_errors(rank: int, world: int, seed: int = 0) -> dict:
 def ddp_router_load_error(rank: int, world: int, forwards: int = 2, seed: int = 0) -> float:
     "Inside a process group: a bias-balanced layer prepared by `make_accelerator`, `forwards` forward/backward passes per step (FGM makes 2); |load summed over ranks - the choices all ranks made|."
     from moe_course.config import get_config
-    from moe_course.learner import make_accelerator
+    from moe_course.optim import make_accelerator
     torch.manual_seed(seed)
     layer = M.Switch(8, 16, 4, top_k=2, balancing="bias")
     ref, model = copy.deepcopy(layer), make_accelerator(get_config("quick", num_experts=4)).prepare(layer)

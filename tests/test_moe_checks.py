@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moe_course import learner as L, moe as M, routers as R
+from moe_course import learner as L, moe as M, routers as R, routing as RT
 from moe_course.config import get_config
 from moe_course.expert_parallel import spawn
 from moe_course.moe import Switch
@@ -16,7 +16,7 @@ from moe_course.moe_checks import (check_aux_per_layer, check_aux_responds, chec
                                    check_router_fp32, check_router_gates, check_step_updates_bias,
                                    check_task_gradient_reaches_router, ddp_router_load_error, ep_gradient_errors,
                                    router_biases)
-from moe_course.optim import make_optimizer
+from moe_course.optim import make_accelerator, make_optimizer, synthetic_loaders
 from moe_course.routers import TopKRouter
 from moe_course.routing import Route
 from moe_course.transformer import SwitchTransformerClassifier
@@ -73,9 +73,18 @@ def test_bias_update_rule_and_buffer(xm):
 
 def test_train_step_updates_every_bias():
     model = _model(top_k=2, balancing="bias")
-    acc, opt = L.make_accelerator(CFG), make_optimizer(model, CFG)
+    acc, opt = make_accelerator(CFG), make_optimizer(model, CFG)
     assert check_step_updates_bias(model, lambda: L.train_step(acc, model, _batch(), opt, CFG)) == 2
     assert len(router_biases(model)) == 2
+
+
+def test_fit_updates_every_bias():
+    # the whole Learner loop, not only a lone train_step: RouterBiasCB comes with config_callbacks(cfg)
+    model = SwitchTransformerClassifier(100, 2, max_len=24, d_model=16, n_heads=2, d_ff=32, n_layers=2, num_experts=4,
+                                        dropout=0.0, top_k=2, balancing="bias")
+    cfg = dataclasses.replace(CFG, epochs=1, progress=False, checkpoint=False)
+    dls = synthetic_loaders(n_train=16, n_valid=8, n_test=8, batch_size=16)   # one step
+    assert check_step_updates_bias(model, lambda: L.fit(model, dls, cfg)) == 2
 
 
 def test_train_step_loss_includes_aux():
@@ -151,18 +160,20 @@ def test_ddp_keeps_every_rank_router_load(ranks):
 
 # ---- each check fails when its invariant is broken (the chapter's reproductions) ----
 
-_tkg, _lbl, _rf, _acs, _lin = R.top_k_gates, M.load_balanced_loss, Route.forward, M.assign_capacity_sorted, F.linear
+# each fault patches the name where our code looks it up at call time: Route.assign calls routing's load_balanced_loss,
+# moe_dispatch calls moe's assign_capacity_sorted, TopKRouter calls routers' top_k_gates
+_tkg, _lbl, _rf, _acs, _lin = R.top_k_gates, RT.load_balanced_loss, Route.forward, M.assign_capacity_sorted, F.linear
 FAULTS = {
     "bias in gate": (lambda xm: (check_router_gates, TopKRouter(8, 6, 2, "bias"), xm[0]),
                      mock.patch.object(R, "top_k_gates", lambda s, k, c=None, normalize=True: _tkg(s if c is None else c, k, None, normalize))),
     "no renormalisation": (lambda xm: (check_router_gates, TopKRouter(8, 8, 4), xm[0]),
                            mock.patch.object(R, "top_k_gates", lambda s, k, c=None, normalize=True: _tkg(s, k, c, False))),
     "aux off": (lambda xm: (check_aux_responds, Switch(8, 16, 4)),
-                mock.patch.object(M, "load_balanced_loss", lambda p, e, m=None: p.new_zeros(()))),
+                mock.patch.object(RT, "load_balanced_loss", lambda p, e, m=None: p.new_zeros(()))),
     "double softmax": (lambda xm: (check_aux_responds, Switch(8, 16, 4)),
-                       mock.patch.object(M, "load_balanced_loss", lambda p, e, m=None: _lbl(p.softmax(-1), e, m))),
+                       mock.patch.object(RT, "load_balanced_loss", lambda p, e, m=None: _lbl(p.softmax(-1), e, m))),
     "padding counted": (lambda xm: (check_padding_ignored, Switch(8, 16, 4), *xm),
-                        mock.patch.object(M, "load_balanced_loss", lambda p, e, m=None: _lbl(p, e))),
+                        mock.patch.object(RT, "load_balanced_loss", lambda p, e, m=None: _lbl(p, e))),
     "capacity ignored": (lambda xm: (check_capacity, Switch(8, 16, 4, capacity_factor=1.0), *xm),
                          mock.patch.object(M, "assign_capacity_sorted", lambda e, N, C, m=None: _acs(e, N, 10**9, m))),
     "eval jitter": (lambda xm: (check_jitter, Switch(8, 16, 4, jitter=0.3), xm[0][None]),
@@ -184,13 +195,14 @@ def test_check_fails_under_fault(name, xm):
 
 def test_bias_never_updated_is_caught():
     model = _model(top_k=2, balancing="bias")
-    acc, opt = L.make_accelerator(CFG), make_optimizer(model, CFG)
-    with mock.patch.object(L, "update_router_biases", lambda m: 0), pytest.raises(AssertionError, match="unchanged"):
+    acc, opt = make_accelerator(CFG), make_optimizer(model, CFG)
+    # RouterBiasCB (chapter routers) calls routers' update_router_biases after every optimiser step
+    with mock.patch.object(R, "update_router_biases", lambda m: 0), pytest.raises(AssertionError, match="unchanged"):
         check_step_updates_bias(model, lambda: L.train_step(acc, model, _batch(), opt, CFG))
 
 
 def test_aux_never_added_is_caught():
-    cl = L.compute_loss
+    cl = L.compute_loss   # Learner.train_step (chapter learner) looks compute_loss up in its own module
     with mock.patch.object(L, "compute_loss", lambda o, y, c: cl(o, y, dataclasses.replace(c, aux_weight=0.0))):
         with pytest.raises(AssertionError, match="CE"): check_loss_includes_aux(_model(), _batch(), CFG)
 
