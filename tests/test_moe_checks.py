@@ -199,6 +199,10 @@ def test_bias_never_updated_is_caught():
     # RouterBiasCB (chapter routers) calls routers' update_router_biases after every optimiser step
     with mock.patch.object(R, "update_router_biases", lambda m: 0), pytest.raises(AssertionError, match="unchanged"):
         check_step_updates_bias(model, lambda: L.train_step(acc, model, _batch(), opt, CFG))
+    # callbacks written by hand get only what is in them: RouterBiasCB left out is the same bug
+    with pytest.raises(AssertionError, match="unchanged"):
+        check_step_updates_bias(model, lambda: L.train_step(acc, model, _batch(), opt, CFG, cbs=[]))
+    assert check_step_updates_bias(model, lambda: L.train_step(acc, model, _batch(), opt, CFG, cbs=[R.RouterBiasCB()])) == 2
 
 
 def test_aux_never_added_is_caught():
