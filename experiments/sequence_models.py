@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     from moe_course.core import save_result, device_info
     from moe_course.data import load_text_dataset, as_texts, eval_split
     from moe_course.seqmodels import run_suite, get_setting, results_table
-    from moe_course.perturb import robustness_suite, perturb_dataset, PERTURBATIONS
+    from moe_course.perturb import perturb_dataset, PERTURBATIONS
+    from moe_course.robustness import robustness_suite
 
     from moe_course.data import hub_reachable
     if not a.quick and not a.data_dir and not hub_reachable():

@@ -99,20 +99,3 @@ class ExpertParallelCB(Callback):
     def after_fit(self, learn): from_expert_parallel(learn.raw)   # a single-process model to save and count
 
 register_config_callback("ep_training", lambda cfg: ExpertParallelCB() if cfg.expert_parallel else None);
-
-# %% ../nbs/22_ep_training.ipynb #72502907
-def _dp_demo(rank: int, W: int) -> dict:
-    "Largest |EP - reference| of the gradients and of the weights after one SGD step (reference: mean loss of all batches)."
-    def build():
-        torch.manual_seed(0); return nn.ModuleDict(dict(proj=nn.Linear(8, 8), ffn=Switch(8, 16, 4, capacity_factor=1.0)))
-    batches = [torch.randn(12, 8, generator=torch.Generator().manual_seed(j)) for j in range(W)]
-    loss = lambda m, x: (lambda y, d: y.pow(2).mean() + 0.01 * d.aux_loss)(*m["ffn"](m["proj"](x)))
-    ep, ref = prepare_expert_parallel(build()), build()
-    loss(ep, batches[rank]).backward(); sync_gradients(ep)
-    (sum(loss(ref, x) for x in batches) / W).backward()            # L = (1/W) sum_r L_r
-    R, sl = dict(ref.named_parameters()), slice(rank * 4 // W, (rank + 1) * 4 // W)
-    pick = lambda n, p, t: t[sl] if is_expert_parameter(p) else t
-    grad = max((p.grad - pick(n, p, R[n].grad)).abs().max().item() for n, p in ep.named_parameters())
-    for m in (ep, ref): torch.optim.SGD(m.parameters(), lr=0.1).step()
-    step = max((p - pick(n, p, R[n])).abs().max().item() for n, p in ep.named_parameters())
-    return dict(grad=grad, step=step)

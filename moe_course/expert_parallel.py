@@ -35,7 +35,8 @@ def single_process_group(timeout: float = 60):
 def _child(folder: str):
     "Body of one process started by `spawn`: join the gloo group, run the job, write (ok, result) to rank<r>.pkl."
     rank, W = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    fn, args, timeout = pickle.loads(Path(folder, "job.pkl").read_bytes())
+    import dill
+    fn, args, timeout = dill.loads(Path(folder, "job.pkl").read_bytes())
     try:
         dist.init_process_group("gloo", rank=rank, world_size=W, timeout=datetime.timedelta(seconds=timeout))
         res = (True, fn(rank, W, *args))
@@ -48,7 +49,8 @@ def _child(folder: str):
 def spawn(fn, world_size: int = 2, args=(), timeout: float = 120, threads: int = 1) -> list:
     "Run fn(rank, world_size, *args) in `world_size` new processes joined by gloo on 127.0.0.1; their results by rank."
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "job.pkl").write_bytes(pickle.dumps((fn, args, timeout)))
+        import dill   # a function defined in a notebook or a script travels by value, a library function by reference
+        Path(tmp, "job.pkl").write_bytes(dill.dumps((fn, args, timeout), recurse=True))
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(world_size),
                    OMP_NUM_THREADS=str(threads), PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         cmd = [sys.executable, "-c", f"from moe_course.expert_parallel import _child; _child({tmp!r})"]
@@ -155,26 +157,6 @@ class ExpertParallelSwitch(Switch):
     def extra_repr(self): return f"experts {self.first}..{self.first + self.num_local - 1} of {self.num_experts} on rank {self.rank}/{self.world}"
 
 # %% ../nbs/21_expert_parallel.ipynb #1d78b677
-def _two_rank_demo(rank: int, W: int) -> dict:
-    "Each rank: EP layer vs full Switch on the rank's own batch (outputs, every gradient), and who sent what where."
-    torch.manual_seed(0)
-    sw = Switch(8, 16, 4, capacity_factor=1.0)
-    ep = ExpertParallelSwitch.from_switch(sw)
-    g = torch.Generator().manual_seed(100 + rank)                     # each rank its own batch
-    x, mask, w = torch.randn(2, 6, 8, generator=g), torch.rand(2, 6, generator=g) > 0.25, torch.randn(2, 6, 8, generator=g)
-    xe, xs = x.clone().requires_grad_(), x.clone().requires_grad_()
-    (y, d), (ys, ds) = ep(xe, mask), sw(xs, mask)
-    ((y * w).sum() + d.aux_loss).backward(); ((ys * w).sum() + ds.aux_loss).backward()
-    err = dict(y=(y - ys).abs().max().item(), x_grad=(xe.grad - xs.grad).abs().max().item())
-    sl = slice(ep.first, ep.first + ep.num_local)
-    for k in ("w1", "b1", "w2", "b2"):                                # expert grads: every rank's tokens count
-        ref = getattr(sw.experts, k).grad.clone(); dist.all_reduce(ref)
-        err[k + "_grad"] = (getattr(ep.experts, k).grad - ref[sl]).abs().max().item()
-    err["router_grad"] = (ep.router.weight.grad - sw.router.weight.grad).abs().max().item()
-    tot = reduce_diagnostics(d)
-    return dict(err=err, expert=d.expert_index.tolist(), kept=d.kept.tolist(), send=ep.last_exchange[0].tolist(),
-                recv=ep.last_exchange[1].tolist(), capacity=int(d.capacity), global_load=tot["tokens_per_expert"].tolist())
-
 def reduce_diagnostics(d: SwitchDiagnostics, group=None) -> dict:
     "The global load: tokens_per_expert, dropped and num_tokens summed over the ranks (a collective)."
     t = torch.cat([d.tokens_per_expert, d.dropped[None], d.num_tokens[None]]).clone()

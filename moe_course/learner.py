@@ -16,9 +16,9 @@ from .optim import _atomic_save, _inputs, _module_generators, _reseed, _reseed_l
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['EVENTS', 'Callback', 'run_cbs', 'EpochEndCB', 'NonFiniteLoss', 'Learner', 'train_step', 'train_one_epoch',
-           'AcceleratorCB', 'ProgressCB', 'EarlyStoppingCB', 'CheckpointCB', 'register_config_callback',
-           'config_callbacks', 'fit']
+__all__ = ['EVENTS', 'Callback', 'run_cbs', 'EpochEndCB', 'register_config_callback', 'config_callbacks', 'NonFiniteLoss',
+           'Learner', 'train_step', 'train_one_epoch', 'AcceleratorCB', 'ProgressCB', 'EarlyStoppingCB', 'CheckpointCB',
+           'fit']
 
 # %% ../nbs/11_learner.ipynb #49864b0c
 EVENTS = ("before_fit", "after_prepare", "before_epoch", "after_backward", "after_step", "after_validate", "after_epoch",
@@ -40,6 +40,22 @@ class EpochEndCB(Callback):
     order = 100
     def __init__(self, fn): self.fn = fn
     def after_epoch(self, learn): self.fn(learn.history[-1])
+
+_CONFIG_CALLBACKS = {}   # name -> make(cfg) -> Callback | None: the features later chapters add to `fit`
+
+def register_config_callback(name: str, make):
+    "Let `fit` build a callback from the config: make(cfg) returns one, or None when cfg does not ask for it."
+    _CONFIG_CALLBACKS[name] = make
+    return make
+
+def config_callbacks(cfg: TrainConfig) -> list:
+    "The callbacks `cfg` asks for; an error when a field asks for a chapter whose module was not imported."
+    for f in dataclasses.fields(cfg):
+        need = f.metadata.get("callback")
+        if need and getattr(cfg, f.name) and need not in _CONFIG_CALLBACKS:
+            raise ValueError(f"cfg.{f.name}={getattr(cfg, f.name)!r} needs the callback of chapter `{need}`: "
+                             f"`import moe_course.{need}` first")
+    return [cb for make in _CONFIG_CALLBACKS.values() if (cb := make(cfg)) is not None]
 
 # %% ../nbs/11_learner.ipynb #93231287
 class NonFiniteLoss(RuntimeError): pass
@@ -236,22 +252,6 @@ def fit(self: Learner) -> dict:
         if self.history: plot_history(self.history, self.out / "curves.png")
     acc.unwrap_model(self.model, keep_fp32_wrapper=False); acc.free_memory()
     return res
-
-_CONFIG_CALLBACKS = {}   # name -> make(cfg) -> Callback | None: the features later chapters add to `fit`
-
-def register_config_callback(name: str, make):
-    "Let `fit` build a callback from the config: make(cfg) returns one, or None when cfg does not ask for it."
-    _CONFIG_CALLBACKS[name] = make
-    return make
-
-def config_callbacks(cfg: TrainConfig) -> list:
-    "The callbacks `cfg` asks for; an error when a field asks for a chapter whose module was not imported."
-    for f in dataclasses.fields(cfg):
-        need = f.metadata.get("callback")
-        if need and getattr(cfg, f.name) and need not in _CONFIG_CALLBACKS:
-            raise ValueError(f"cfg.{f.name}={getattr(cfg, f.name)!r} needs the callback of chapter `{need}`: "
-                             f"`import moe_course.{need}` first")
-    return [cb for make in _CONFIG_CALLBACKS.values() if (cb := make(cfg)) is not None]
 
 def fit(model: nn.Module, loaders: dict, cfg: TrainConfig | None = None, out_dir=None, resume: bool = False,
         callbacks=()) -> dict:

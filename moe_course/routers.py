@@ -16,8 +16,8 @@ from .learner import Callback, register_config_callback
 from .routing import Assignments, expert_capacity, load_balanced_loss, register_router, tokens_per_expert
 
 # %% auto #0
-__all__ = ['ROUTERS', 'router_logits', 'top_k_gates', 'choice_major', 'load_balancing_loss_topk', 'TopKRouter', 'expert_choice',
-           'ExpertChoiceRouter', 'fine_grained', 'update_router_biases', 'RouterBiasCB', 'make_router',
+__all__ = ['ROUTERS', 'router_logits', 'top_k_gates', 'choice_major', 'load_balancing_loss_topk', 'TopKRouter', 'make_router',
+           'expert_choice', 'ExpertChoiceRouter', 'fine_grained', 'update_router_biases', 'RouterBiasCB',
            'summarize_routers', 'show_routers']
 
 # %% ../nbs/16_routers.ipynb #bb02cef3
@@ -114,6 +114,23 @@ class TopKRouter(nn.Module):
 
     def extra_repr(self): return f"{self.d_model}, {self.num_experts}, top_k={self.top_k}, balancing={self.balancing!r}"
 
+# %% ../nbs/16_routers.ipynb #fcd7dda3
+ROUTERS = ("switch", "random", "hash", "expert_choice")
+
+def make_router(d_model: int, num_experts: int, router: str = "switch", top_k: int = 1, balancing: str = "aux",
+                bias_rate: float = 1e-3, temperature: float = 1.0) -> nn.Module:
+    "The router of this chapter that `Switch` uses when top_k > 1, router='expert_choice' or balancing='bias'."
+    # registered below with chapter `routing`'s `make_router`, which asks it for everything but the top-1 routers
+    if router not in ROUTERS: raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
+    if router == "expert_choice":
+        if top_k != 1: raise ValueError("expert choice has no top_k (each expert takes C tokens): leave top_k=1, set capacity_factor")
+        if balancing != "aux": raise ValueError("expert choice is balanced by construction: leave balancing='aux'")
+        return ExpertChoiceRouter(d_model, num_experts, temperature)
+    if router != "switch": raise ValueError(f"top_k > 1 and bias balancing need a learned router (router='switch'), got {router!r}")
+    return TopKRouter(d_model, num_experts, top_k, balancing, bias_rate, temperature)
+
+register_router(make_router);
+
 # %% ../nbs/16_routers.ipynb #947dfe0e
 def expert_choice(probs: torch.Tensor, capacity, buffer: int, mask: torch.Tensor | None = None):
     "Each expert i takes the C tokens t with the largest probs[t, i]; padding never. (expert, gate, token, valid) [N·buffer]."
@@ -175,23 +192,6 @@ class RouterBiasCB(Callback):
     def after_step(self, learn): update_router_biases(learn.model)
 
 register_config_callback("routers", lambda cfg: RouterBiasCB());   # every run: a model may hold bias-balanced routers
-
-# %% ../nbs/16_routers.ipynb #fcd7dda3
-ROUTERS = ("switch", "random", "hash", "expert_choice")
-
-def make_router(d_model: int, num_experts: int, router: str = "switch", top_k: int = 1, balancing: str = "aux",
-                bias_rate: float = 1e-3, temperature: float = 1.0) -> nn.Module:
-    "The router of this chapter that `Switch` uses when top_k > 1, router='expert_choice' or balancing='bias'."
-    # registered below with chapter `routing`'s `make_router`, which asks it for everything but the top-1 routers
-    if router not in ROUTERS: raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
-    if router == "expert_choice":
-        if top_k != 1: raise ValueError("expert choice has no top_k (each expert takes C tokens): leave top_k=1, set capacity_factor")
-        if balancing != "aux": raise ValueError("expert choice is balanced by construction: leave balancing='aux'")
-        return ExpertChoiceRouter(d_model, num_experts, temperature)
-    if router != "switch": raise ValueError(f"top_k > 1 and bias balancing need a learned router (router='switch'), got {router!r}")
-    return TopKRouter(d_model, num_experts, top_k, balancing, bias_rate, temperature)
-
-register_router(make_router);
 
 # %% ../nbs/16_routers.ipynb #0b9a5e7d
 def summarize_routers(rows: list[dict], baseline: str = "top-1") -> list[dict]:

@@ -194,6 +194,7 @@ def _rank_fit(rank, W, batch_size, expert_parallel):
     from moe_course.data import set_seed
     from moe_course.imdb import build_model
     from moe_course.learner import fit
+    import moe_course.ep_training  # noqa: F401  registers ExpertParallelCB: fit(cfg.expert_parallel=True) needs it
     from moe_course.moe import Switch
     # the settings under which EP on local batches and one process on the global batch define the same loss
     cfg = get_config("quick", num_experts=4, capacity_factor=4.0, aux_weight=0.0, dropout=0.0, epochs=2, scheduler="none",

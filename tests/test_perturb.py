@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from moe_course.perturb import (PERTURBATIONS, CONTRACTIONS, HOMOGLYPHS, evaluate_under_perturbation, perturb, perturb_dataset,
-                                predict, robustness_suite, word_swap_contract, word_swap_extend,
-                                word_swap_random_character_deletion)
+from moe_course.perturb import (PERTURBATIONS, CONTRACTIONS, HOMOGLYPHS, perturb, perturb_dataset, word_swap_contract,
+                                word_swap_extend, word_swap_random_character_deletion)
+from moe_course.robustness import evaluate_under_perturbation, predict, robustness_suite
 
 TEXT = ("This movie is not good and I am sure it will not win anything. The acting was terrible, "
         "the story dull, but they are trying and it is watchable. I do not recommend it.")
