@@ -97,7 +97,7 @@ def main(argv=None):
 
     if not a.skip_main:
         print(f"=== main run: {cfg.name}", flush=True)
-        res = train(cfg, out_dir=run_dir, dls=dls_main)
+        res = train(cfg, out_dir=run_dir, dls=dls_main, overwrite=True)   # a rerun replaces the record's run
         t = res["test"] or {}
         train_s = sum(h["epoch_time_s"] for h in res["history"])
         metrics = dict(test_accuracy=t.get("accuracy"), test_f1=t.get("f1"), test_loss=t.get("loss"),

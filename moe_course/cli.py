@@ -48,7 +48,9 @@ def train_parser() -> argparse.ArgumentParser:
                                 argument_default=argparse.SUPPRESS)
     p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="named config to start from")
     p.add_argument("--out-dir", default=None, help="output folder (default runs/<name>-<time>)")
-    p.add_argument("--resume", action="store_true", default=False, help="continue from the checkpoint in --out-dir")
+    p.add_argument("--resume", action="store_true", default=False, help="continue the run in --out-dir from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", default=False, help="write into a --out-dir that is not empty, "
+                   "replacing the run there")
     p.add_argument("--show-config", action="store_true", default=False, help="print the resolved config and exit")
     for f in dataclasses.fields(TrainConfig):
         flag, t, h = "--" + f.name.replace("_", "-"), _field_type(f), f.metadata.get("help", "")
@@ -59,19 +61,22 @@ def train_parser() -> argparse.ArgumentParser:
 def train_cli(argv) -> int:
     "Parse `moe-course train` flags, train, print validation/test accuracy; returns the exit code."
     p = train_parser(); a = vars(p.parse_args(argv))
-    preset, out_dir, resume, show = a.pop("preset"), a.pop("out_dir"), a.pop("resume"), a.pop("show_config")
+    preset, out_dir, resume, show, overwrite = (a.pop(k) for k in ("preset", "out_dir", "resume", "show_config", "overwrite"))
+    if a.get("data_dir") is not None and "source" not in a: a["source"] = "local"   # an explicit folder means that folder
     try: cfg = get_config(preset, **a)
     except (ValueError, TypeError) as e: p.error(str(e))
     if show: print(cfg); return 0
     if resume and out_dir is None: p.error("--resume needs --out-dir: the folder of the run to continue")
+    if resume and overwrite: p.error("--resume continues the run in --out-dir, --overwrite replaces it: choose one")
     if out_dir is None: out_dir = Path("runs") / f"{cfg.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    if resume and not (Path(out_dir) / "last.pt").exists():
-        print(f"--resume: no checkpoint (last.pt) in {out_dir}: starting a fresh run there"); resume = False
+    o = Path(out_dir)   # resume without a checkpoint: a fresh run in this run's (or an empty) folder
+    if resume and not (o / "last.pt").exists() and (not o.is_dir() or not any(o.iterdir()) or (o / "config.json").exists()):
+        print(f"--resume: no checkpoint (last.pt) in {out_dir}: starting a fresh run there")
     from moe_course.imdb import train
     print(f"training {cfg.name} (preset {preset}): {cfg.n_layers} layers, d_model {cfg.d_model}, "
           f"{cfg.num_experts} experts ({cfg.router}), {cfg.epochs} epochs -> {out_dir}")
-    try: res = train(cfg, out_dir=out_dir, resume=resume)
-    except (FileNotFoundError, ValueError) as e:
+    try: res = train(cfg, out_dir=out_dir, resume=resume, overwrite=overwrite)
+    except (OSError, ValueError) as e:    # missing or unwritable files, bad data, a refused folder or checkpoint
         print(f"moe-course train: error: {e}", file=sys.stderr); return 2
     if res["status"] == "non-finite": print(res["message"], file=sys.stderr); return 1
     if res["status"] != "completed": print(f"stopped ({res['status']}) after {res['epochs_run']} epochs; continue with --resume"); return 0
@@ -87,6 +92,9 @@ def read_texts(path, column: str | None = None) -> list[str]:
     "Reviews from a .txt (one per line), .csv or .jsonl file (the column `column`, default 'text')."
     p, col = Path(path), column or "text"
     if not p.is_file(): raise FileNotFoundError(f"no file {p}")
+    try: p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8 and try again") from None
     suf = p.suffix.lower()
     if suf == ".txt": texts = [l for l in p.read_text(encoding="utf-8").splitlines() if l.strip()]
     elif suf == ".csv":
@@ -117,7 +125,7 @@ def _guarded(cmd: str, fn):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try: res, rc = fn(), 0
-        except (FileNotFoundError, ValueError, TypeError) as e: res, rc = e, 2
+        except (OSError, ValueError, TypeError) as e: res, rc = e, 2      # OSError: unreadable or unwritable files
     for w in caught: print(f"moe-course {cmd}: warning: {w.message}", file=sys.stderr)
     if rc: print(f"moe-course {cmd}: error: {res}", file=sys.stderr); return None, rc
     return res, rc
@@ -159,29 +167,32 @@ def evaluate_parser() -> argparse.ArgumentParser:
                    "training run's; auto with --data-dir)")
     p.add_argument("--data-dir", help="folder laid out as <name>/<split>.parquet (default: the training run's, or env MOE_COURSE_DATA)")
     p.add_argument("--batch-size", type=int, help="texts per batch (default: the training run's evaluation batch size)")
-    p.add_argument("--out", help="metrics JSON to write (default: MODEL_DIR/eval_<dataset>_<split>.json)")
+    p.add_argument("--out", help="metrics JSON to write (default: MODEL_DIR/eval_<dataset>_<split>.json); checked before the work")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 def evaluate_cli(argv) -> int:
     "`moe-course evaluate`: print accuracy, F1 and the confusion matrix, write the metrics JSON; returns the exit code."
-    from moe_course.core import save_result
+    from moe_course.core import check_writable, save_result
+    from moe_course.data import eval_split
     from moe_course.inference import TextClassifier
     a, t0 = evaluate_parser().parse_args(argv), time.perf_counter()
     def run():
         clf = TextClassifier.from_pretrained(a.model_dir); ran = clf.info.get("config") or {}
+        dataset = a.dataset or clf.info.get("dataset", "imdb"); split = a.split or eval_split(dataset)
+        folder = Path(a.model_dir) if Path(a.model_dir).is_dir() else Path(".")
+        out = check_writable(Path(a.out) if a.out else folder / f"eval_{dataset}_{split}.json")   # before the work
         source = a.source or ("auto" if a.data_dir else ran.get("source", "auto"))
-        return clf.evaluate(a.dataset or clf.info.get("dataset", "imdb"), a.split, source, a.data_dir or ran.get("data_dir"),
-                            a.batch_size, not a.no_progress)
-    m, rc = _guarded("evaluate", run)
-    if m is None: return rc
+        return clf.evaluate(dataset, split, source, a.data_dir or ran.get("data_dir"), a.batch_size, not a.no_progress), out
+    res, rc = _guarded("evaluate", run)
+    if res is None: return rc
+    m, out = res
     L = m["labels"]; w = max(6, len(str(m["n"])) + 2, *(len(l) + 2 for l in L))
     print(f"{m['dataset']}/{m['split']} ({m['n']:,} texts, source {m['source']}): accuracy {m['accuracy']:.4f}, macro F1 {m['f1']:.4f}")
     print("confusion matrix (rows: true label, columns: predicted)\n" + " " * w + "".join(f"{l:>{w}}" for l in L))
     for l, row in zip(L, m["confusion"]): print(f"{l:<{w}}" + "".join(f"{v:>{w}}" for v in row))
-    folder = Path(a.model_dir) if Path(a.model_dir).is_dir() else Path(".")
-    out = save_result(Path(a.out) if a.out else folder / f"eval_{m['dataset']}_{m['split']}.json", dict(model=str(a.model_dir),
-                      metrics=m), wall_time_s=time.perf_counter() - t0)
+    try: save_result(out, dict(model=str(a.model_dir), metrics=m), wall_time_s=time.perf_counter() - t0)
+    except (OSError, ValueError) as e: print(f"moe-course evaluate: error: {e}", file=sys.stderr); return 2
     print(f"wrote {out}")
     return rc
 

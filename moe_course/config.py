@@ -4,12 +4,13 @@
 
 # %% ../nbs/09_config.ipynb #d310f953
 from __future__ import annotations
-import dataclasses, difflib, json
+import dataclasses, difflib, json, math
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['CHOICES', 'PRESETS', 'TrainConfig', 'get_config']
+__all__ = ['CHOICES', 'PRESETS', 'MODEL_FIELDS', 'DATA_FIELDS', 'STATE_FIELDS', 'TrainConfig', 'get_config', 'config_changes',
+           'taken_message', 'check_run_dir']
 
 # %% ../nbs/09_config.ipynb #a21cd214
 def _f(default, help, switch_on=None):
@@ -96,6 +97,9 @@ class TrainConfig:
         for k, lo, hi in [("valid_frac", 0, 1), ("label_smoothing", 0, 1), ("dropout", 0, 1), ("warmup_frac", 0, 1),
                           ("aug_p_delete", 0, 1), ("aug_p_replace", 0, 1), ("plateau_factor", 0, 1)]:
             if not lo <= getattr(self, k) < hi: raise ValueError(f"{k} must be in [{lo}, {hi}), got {getattr(self, k)!r}")
+        for f in fields(self):   # inf or nan would pass the range checks below and fail far from the flag
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v): raise ValueError(f"{f.name} must be a finite number, got {v!r}")
         for k in ["lr", "capacity_factor"]:
             if not getattr(self, k) > 0: raise ValueError(f"{k} must be > 0, got {getattr(self, k)!r}")
         for k in ["weight_decay", "aux_weight", "z_weight", "grad_clip", "noise_std", "fgm_epsilon", "patience",
@@ -141,3 +145,64 @@ def get_config(preset: str | None = None, **overrides) -> TrainConfig:
             near = difflib.get_close_matches(k, names, n=1)
             raise TypeError(f"Unknown config field {k!r}" + (f"; did you mean {near[0]!r}?" if near else ""))
     return dataclasses.replace(PRESETS[name], **overrides)
+
+# %% ../nbs/09_config.ipynb #ad02e60f
+MODEL_FIELDS = ("max_len", "vocab_size", "d_model", "n_heads", "d_ff", "n_layers", "num_experts", "capacity_factor",
+                "router", "top_k", "num_shared_experts", "balancing", "bias_rate", "dispatch", "expert_parallel", "norm",
+                "gate", "dropout", "noise_std")
+DATA_FIELDS = ("dataset", "source", "data_dir", "batch_size", "valid_frac", "augment", "aug_p_delete", "aug_n_swap",
+               "aug_p_replace", "seed")
+STATE_FIELDS = ("lr", "weight_decay", "scheduler", "plateau_factor", "plateau_patience", "warmup_frac")
+
+def config_changes(saved: dict, new: TrainConfig) -> tuple[dict, dict]:
+    "`(refused, taken)`: field -> (saved, new) for each differing field; refused ones change the model, data or optimizer state."
+    known = {f.name for f in fields(TrainConfig)}
+    old = TrainConfig(**{k: v for k, v in saved.items() if k in known}).to_dict()   # older configs: defaults filled in
+    diff = {k: (v, getattr(new, k)) for k, v in old.items() if v != getattr(new, k)}
+    refused = {k: v for k, v in diff.items() if k in MODEL_FIELDS + DATA_FIELDS + STATE_FIELDS}
+    return refused, {k: v for k, v in diff.items() if k not in refused}
+
+def taken_message(taken: dict) -> str:
+    "What a resume says about the changed fields it takes."
+    return "taking the new " + ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in taken.items()) if taken else ""
+
+def _saved_config(out: Path) -> dict | None:
+    "The config of the run in `out`: config.json, else the checkpoint's; None if there is neither."
+    if (out / "config.json").is_file():
+        try: return json.loads((out / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{out / 'config.json'} is not a run's config ({e}): {out} is not a folder written by this course") from e
+    if (out / "last.pt").is_file():
+        from moe_course.core import load_checkpoint
+        return load_checkpoint(out / "last.pt").get("config")
+    return None
+
+def check_run_dir(out, cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    "Check output folder `out` for a new run or a resume before anything is written; returns the changed fields taken."
+    from moe_course.core import check_writable
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise ValueError(f"the output folder {out} is a file: choose a folder")
+    items = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if resume and overwrite: raise ValueError("resume and overwrite contradict each other: continue the run, or replace it")
+    if resume:
+        saved = _saved_config(out)
+        if saved is None and items:
+            raise ValueError(f"{out} holds no run to resume (no config.json or last.pt among {', '.join(items[:6])})")
+        if saved is None: return {}
+        try: refused, taken = config_changes(saved, cfg)
+        except (TypeError, ValueError) as e: raise ValueError(f"{out} holds a config this version cannot read ({e})") from e
+        if refused:
+            raise ValueError(f"cannot resume the run in {out} with other settings: " + ", ".join(
+                f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items()) + ". These change the model, the data or the "
+                "optimizer state the checkpoint continues: drop them to continue the run, or start a new run in another folder")
+        return taken
+    if items and not overwrite:
+        run = "config.json" in items or "last.pt" in items
+        raise ValueError(f"the output folder {out} is not empty ({', '.join(items[:6])}{', ...' if len(items) > 6 else ''}): "
+                         + ("it holds a run; continue it with resume (--resume), replace it with overwrite (--overwrite), "
+                            "or choose a new folder" if run else "choose a new folder, or pass overwrite (--overwrite) "
+                            "to write this run's files there anyway"))
+    check_writable(out / "config.json")
+    if overwrite:                               # an old checkpoint must not be resumed under the new run's name
+        for p in [out / "last.pt", *out.glob("last.rank*.pt")]: p.unlink(missing_ok=True)
+    return {}

@@ -4,14 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #f07710b6
 from __future__ import annotations
-import json, os, platform, subprocess, time, datetime
+import json, os, pickle, platform, random, subprocess, time, datetime
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['device_info', 'git_commit', 'timer', 'peak_memory_mb', 'save_result', 'project_root', 'results_dir', 'load_results']
+__all__ = ['device_info', 'git_commit', 'timer', 'peak_memory_mb', 'check_writable', 'save_result', 'project_root', 'results_dir',
+           'load_results', 'rng_state', 'set_rng_state', 'save_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/00_core.ipynb #c9804605
 def device_info() -> dict:
@@ -57,15 +59,24 @@ def peak_memory_mb(reset: bool = False) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 # %% ../nbs/00_core.ipynb #4a59a29c
+def check_writable(path: str | Path) -> Path:
+    "`path` as a `Path` if a file can be written there (tried with an empty probe file, removed); else a clear `ValueError`."
+    path = Path(path)
+    if path.is_dir(): raise ValueError(f"{path} is a folder: give a file name to write, e.g. {path / 'metrics.json'}")
+    probe = path.with_name(f".{path.name}.{os.getpid()}.probe")     # one per process: ranks probe at once
+    try: path.parent.mkdir(parents=True, exist_ok=True); probe.write_bytes(b""); probe.unlink()
+    except OSError as e: raise ValueError(f"cannot write {path} ({e.strerror or e}): choose another place") from e
+    return path
+
 def save_result(path: str | Path, payload: dict, wall_time_s: float | None = None) -> Path:
     "Write `payload` as JSON to `path`, stamped with device, commit, time and wall time."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_writable(path)
     rec = dict(name=path.stem, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                device=device_info(), commit=git_commit(), wall_time_s=wall_time_s)
     rec.update(payload)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(rec, indent=1, default=str) + "\n")
-    tmp.replace(path)  # atomic: a crash never leaves half a record
+    try: tmp.write_text(json.dumps(rec, indent=1, default=str) + "\n"); tmp.replace(path)  # atomic: never half a record
+    finally: tmp.unlink(missing_ok=True)                                 # and no .tmp left behind when it fails
     return path
 
 def project_root(start: str | Path | None = None) -> Path | None:
@@ -83,3 +94,39 @@ def load_results(pattern: str = "*.json", folder: str | Path | None = None) -> l
     folder = results_dir() if folder is None else Path(folder)
     recs = [json.loads(p.read_text()) for p in sorted(folder.glob(pattern))]
     return sorted(recs, key=lambda r: r.get("created", ""))
+
+# %% ../nbs/00_core.ipynb #41f61f25
+def rng_state() -> dict:
+    "The python, NumPy, torch (and CUDA) random states as lists and tensors: what `weights_only=True` loads."
+    v, s, gauss = random.getstate(); kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return dict(python=[v, list(s), gauss], numpy=[kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+def set_rng_state(s: dict):
+    "Restore the states `rng_state` returned."
+    v, st, gauss = s["python"]; random.setstate((v, tuple(st), gauss))
+    kind, keys, pos, has_gauss, cached = s["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)); torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+
+def save_checkpoint(obj: dict, path: str | Path) -> Path:
+    "`torch.save` to a temporary file renamed over `path`: a crash never leaves half a checkpoint."
+    path = Path(path); tmp = path.with_suffix(path.suffix + ".tmp")
+    try: torch.save(obj, tmp); tmp.replace(path)
+    finally: tmp.unlink(missing_ok=True)
+    return path
+
+def load_checkpoint(path: str | Path) -> dict:
+    "A checkpoint loaded with `weights_only=True` (tensors and plain Python only); a clear `ValueError` if it is not one."
+    path = Path(path)
+    try: s = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:   # weights_only refused an object: code, or a class it does not know
+        raise ValueError(f"{path} holds more than tensors and plain Python (weights_only=True refused it: "
+                         f"{str(e).splitlines()[0][:200]}); it was not written by this course, or was tampered with: "
+                         "do not load it; start a fresh run in a new folder") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)): raise
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}): it "
+                         "may be cut short; delete it to start again, or restore a copy") from e
+    if not isinstance(s, dict): raise ValueError(f"{path} is not a checkpoint of this course (a {type(s).__name__}, not a dict)")
+    return s

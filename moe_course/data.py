@@ -15,7 +15,7 @@ import datasets
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['DATASETS', 'SOURCES', 'SAMPLE_DIR', 'set_seed', 'text_columns', 'eval_split', 'sample_dir', 'as_texts',
+__all__ = ['DATASETS', 'SOURCES', 'SAMPLE_DIR', 'NUM_CLASSES', 'set_seed', 'text_columns', 'eval_split', 'sample_dir', 'as_texts',
            'hub_reachable', 'load_text_dataset', 'check_sources']
 
 # %% ../nbs/01_data.ipynb #9292f20e
@@ -95,8 +95,32 @@ def _quiet():
     finally:
         if not was: datasets.utils.enable_progress_bars()
 
+NUM_CLASSES = 2   # every dataset of the course is binary: labels 0 and 1 (-1 marks an unlabelled GLUE test split)
+
+def _some(xs, k=5) -> str: return ", ".join(map(str, xs[:k])) + (", ..." if len(xs) > k else "")
+
+def _check_rows(ds, name, split, where, optional: bool):
+    "Labels are the integers 0..NUM_CLASSES-1 (an optional split may be all -1: unlabelled), and every row has text."
+    import pyarrow.compute as pc
+    lab, feat = ds.data.column("label"), ds.features["label"]
+    want = f"expected the integers {', '.join(map(str, range(NUM_CLASSES)))}"
+    if not (isinstance(feat, datasets.ClassLabel) or str(getattr(feat, "dtype", "")).startswith("int")):
+        raise ValueError(f"{name}/{split} from {where} has {getattr(feat, 'dtype', type(feat).__name__)} labels (e.g. "
+                         f"{_some(pc.unique(lab).to_pylist(), 3)}); {want}: map them to integers when you build the file")
+    found = sorted(pc.unique(lab).to_pylist(), key=lambda v: (v is None, v))
+    if not (set(found) <= set(range(NUM_CLASSES)) or (optional and found == [-1])):
+        raise ValueError(f"{name}/{split} from {where} has labels {_some(found, 8)}; {want} (and -1 only for a whole "
+                         "unlabelled test split): fix or drop the rows with other labels")
+    has_text = None                               # a row needs one text column with a non-space character
+    for c in text_columns(name):
+        t = pc.fill_null(pc.match_substring_regex(ds.data.column(c), r"\S"), False)
+        has_text = t if has_text is None else pc.or_(has_text, t)
+    bad = pc.indices_nonzero(pc.invert(has_text)).to_pylist()
+    if bad: raise ValueError(f"{name}/{split} from {where} has {len(bad):,} row(s) without text (missing or blank: rows "
+                             f"{_some(bad)}); every example needs text: drop those rows")
+
 def _check(dsd, name, where) -> datasets.DatasetDict:
-    "Keep the expected splits and columns (in Hub order); raise if any is missing."
+    "Keep the expected splits and columns (in Hub order), check labels and texts; raise if anything is wrong."
     spec = _spec(name)
     for split in spec["splits"]:
         if split not in dsd: raise ValueError(f"{name} from {where} has no {split!r} split (found {list(dsd)})")
@@ -109,6 +133,7 @@ def _check(dsd, name, where) -> datasets.DatasetDict:
             raise ValueError(f"{name}/{split} from {where} lacks column(s) {missing} (has {ds.column_names}); "
                              f"expected {list(spec['columns'])}: rebuild the file with the Hugging Face schema")
         extra = [c for c in ds.column_names if c not in spec["columns"]]
+        _check_rows(ds, name, split, where, split not in spec["splits"])
         out[split] = ds.remove_columns(extra) if extra else ds
     return out
 
@@ -123,8 +148,13 @@ def _load_local(name, folder: Path, kind="local") -> datasets.DatasetDict:
         if not files[s].exists():
             raise FileNotFoundError(f"split file {files[s]} is missing (need {', '.join(spec['splits'])} for "
                                     f"{name}): {hint}")
-    files = {s: str(p) for s, p in files.items() if p.exists()}
-    with _quiet(): dsd = datasets.load_dataset("parquet", data_files=files)
+    dsd = datasets.DatasetDict()
+    for s, p in files.items():   # one split at a time: a column missing from one file is reported by _check, by name
+        if not p.exists(): continue
+        try:
+            with _quiet(): dsd[s] = datasets.load_dataset("parquet", data_files={s: str(p)})[s]
+        except datasets.exceptions.DatasetGenerationError as e:
+            raise ValueError(f"{p} cannot be read as a Parquet table ({e.__cause__ or e}): rebuild the file") from e
     return _check(dsd, name, folder / name)
 
 # %% ../nbs/01_data.ipynb #07d0144d
@@ -140,6 +170,9 @@ def load_text_dataset(name: str, source: str = "auto", data_dir=None, sample: bo
     name = name.strip().lower() if isinstance(name, str) else name
     _spec(name)
     if source not in SOURCES: raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if data_dir and source in ("sample", "hub") and not sample:   # an explicit folder means that folder
+        raise ValueError(f"data_dir={str(data_dir)!r} is given, but source={source!r} would not read it: pass "
+                         "source='local' (or 'auto') to load that folder, or drop data_dir")
     if sample: source = "sample"
     data_dir = data_dir or (os.environ.get("MOE_COURSE_DATA") if source in ("auto", "local") else None)
     if source == "local" and not data_dir:

@@ -90,9 +90,8 @@ def clip_grad_norm_ep(parameters, max_norm: float, group=None) -> torch.Tensor:
 class ExpertParallelCB(Callback):
     "`Learner` callback: experts spread over the ranks before the optimiser exists, the global-norm clip, experts gathered at the end."
     def before_fit(self, learn):
-        if learn.resume: raise ValueError("resume is not supported with expert_parallel (each rank holds other experts)")
         prepare_expert_parallel(learn.model)
-        learn.checkpointable = False
+        learn.ckpt_per_rank = True        # each rank's checkpoint holds its own experts (and their optimiser state)
         def clip(): # ||g||^2 = ||g_replicated||^2 + sum over ranks ||g_experts||^2
             if learn.cfg.grad_clip > 0: clip_grad_norm_ep(learn.model.parameters(), learn.cfg.grad_clip)
         learn.clip_grad = clip

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import dataclasses, json, math, os, time
 from pathlib import Path
-from .config import TrainConfig, get_config
+from .config import TrainConfig, check_run_dir, get_config, taken_message
 from .learner import fit
 import moe_course.adversarial  # registers FGMCallback: TrainConfig(fgm=True) trains with FGM
 
@@ -46,13 +46,16 @@ def build_model(cfg: TrainConfig, vocab_size: int, num_classes: int = 2) -> "tor
         dropout=cfg.dropout, noise_std=cfg.noise_std, top_k=cfg.top_k, num_shared_experts=cfg.num_shared_experts,
         balancing=cfg.balancing, bias_rate=cfg.bias_rate, gate=cfg.gate)
 
-def train(cfg: TrainConfig | None = None, out_dir=None, resume: bool = False, tok=None, dsd=None, dls=None) -> dict:
+def train(cfg: TrainConfig | None = None, out_dir=None, resume: bool = False, tok=None, dsd=None, dls=None,
+          overwrite: bool = False) -> dict:
     "Data + Switch Transformer + `fit` for `cfg`; `tok`/`dsd`/`dls` reuse a tokenizer, dataset or loaders already built."
     from moe_course.data import set_seed
     from moe_course.batching import save_tokenizer, load_tokenizer
     from moe_course.transformer import count_parameters
     cfg = cfg or get_config(); t0 = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else None
+    taken = check_run_dir(out, cfg, resume, overwrite) if out is not None else {}   # before anything is written
+    if taken and int(os.environ.get("RANK", "0")) == 0: print(f"resuming {out}: {taken_message(taken)}")
     if tok is None and resume and out is not None and (out / "tokenizer.json").exists(): tok = load_tokenizer(out / "tokenizer.json")
     set_seed(cfg.seed)
     dls = dls or build_loaders(cfg, tok=tok, dsd=dsd)
@@ -61,7 +64,7 @@ def train(cfg: TrainConfig | None = None, out_dir=None, resume: bool = False, to
     data_s = time.perf_counter() - t0
     set_seed(cfg.seed)
     model = build_model(cfg, dls["tokenizer"].get_vocab_size(), dls["num_classes"])
-    res = fit(model, dls, cfg, out_dir=out, resume=resume)
+    res = fit(model, dls, cfg, out_dir=out, resume=resume, overwrite=not resume)   # the folder was checked above
     res.update(params=count_parameters(model), data_time_s=data_s, wall_time_s=time.perf_counter() - t0,
                sizes={k: len(dls[k].dataset) for k in ("train", "valid", "test")})
     if out is not None and res["status"] == "completed" and int(os.environ.get("RANK", "0")) == 0:

@@ -12,11 +12,10 @@ from fastcore.basics import patch
 from huggingface_hub import ModelHubMixin
 from tqdm.auto import tqdm
 from .batching import SPECIAL_TOKENS, clean_text, collate_batch, encode_texts, load_tokenizer
-from .transformer import SwitchTransformerClassifier
+from .transformer import SwitchTransformerClassifier, no_token_dropping
 
 # %% auto #0
-__all__ = ['MODEL_FILES', 'CARD', 'check_model_dir', 'TextClassifier', 'model_card', 'token_routing', 'routing_html',
-           'plot_routing']
+__all__ = ['MODEL_FILES', 'CARD', 'check_model_dir', 'TextClassifier', 'model_card', 'token_routing']
 
 # %% ../nbs/13_inference.ipynb #a9539e9a
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -55,6 +54,7 @@ def _resolve(name_or_path, **hub_kwargs) -> Path:
 # %% ../nbs/13_inference.ipynb #c30c8fe7
 class TextClassifier(ModelHubMixin):
     "A trained classifier with its tokenizer and label names: `clf(texts)` -> `{'label', 'score'}` per text."
+    drop_tokens = False   # True: capacity per batch as in training, so a score depends on the batch (see Predicting)
     def __init__(self, model: SwitchTransformerClassifier, tokenizer, labels=None, batch_size: int = 64, device=None,
                  info: dict | None = None):
         V, n = model.embedding.vocab_size, tokenizer.get_vocab_size()
@@ -166,19 +166,24 @@ def _encode(self: TextClassifier, texts) -> list[list[int]]:
     n_long = sum(len(x) > self.max_len for x in encode_texts(self.tokenizer, [texts[k] for k in full], 2**31)) if full else 0
     if n_long: warnings.warn(f"{n_long} of {len(texts)} text(s) are longer than max_len={self.max_len} tokens and were "
                              f"truncated: only their first {self.max_len} tokens are classified", stacklevel=3)
+    unk = [k for k, x in enumerate(ids) if set(x[1:-1]) <= {self.tokenizer.token_to_id("[UNK]")}]   # between [CLS], [SEP]
+    if unk: warnings.warn(f"{len(unk)} of {len(texts)} text(s) (e.g. text {unk[0]}) hold no word the vocabulary knows, only "
+                          "[UNK]: their scores say nothing about the text (another language or script?)", stacklevel=3)
     return ids
 
 @patch
 @torch.no_grad()
 def _batches(self: TextClassifier, ids, batch_size: int | None = None, progress: bool = True):
     "Yield `(batch, ClassifierOutput)` over `ids` in order, `batch_size` texts at a time."
-    bs = batch_size or self.batch_size
-    if not isinstance(bs, int) or bs < 1: raise ValueError(f"batch_size must be an int >= 1, got {bs!r}")
+    bs = self.batch_size if batch_size is None else batch_size
+    if not isinstance(bs, int) or isinstance(bs, bool) or bs < 1: raise ValueError(f"batch_size must be an int >= 1, got {bs!r}")
     self.model.eval(); dev = next(self.model.parameters()).device
-    starts = range(0, len(ids), bs)
-    for s in tqdm(starts, desc="predict", unit="batch", leave=False, disable=not progress or len(starts) < 2):
-        b = collate_batch([dict(input_ids=x, labels=0) for x in ids[s:s + bs]])
-        yield b, self.model(b["input_ids"].to(dev), b["attention_mask"].to(dev))
+    # no token dropped, so a text's score is the same in any batch; expert-choice layers (which pick tokens): one text a batch
+    with contextlib.nullcontext([]) if self.drop_tokens else no_token_dropping(self.model) as per_text:
+        starts = range(0, len(ids), 1 if per_text else bs); bs = 1 if per_text else bs
+        for s in tqdm(starts, desc="predict", unit="batch", leave=False, disable=not progress or len(starts) < 2):
+            b = collate_batch([dict(input_ids=x, labels=0) for x in ids[s:s + bs]])
+            yield b, self.model(b["input_ids"].to(dev), b["attention_mask"].to(dev))
 
 @patch
 def predict(self: TextClassifier, texts, batch_size: int | None = None, progress: bool = True,
@@ -211,55 +216,6 @@ def token_routing(diagnostics, batch: dict, tokenizer) -> list[dict]:
                         layers=[dict(expert=e[b, :n].tolist(), gate=[round(x, 4) for x in g[b, :n].tolist()],
                                      dropped=(~k[b, :n]).tolist()) for e, g, k in layers]))
     return out
-
-# %% ../nbs/13_inference.ipynb #e59900b0
-def _expert_colour(e: int, alpha: float = 1.0) -> tuple:
-    import matplotlib
-    return (*matplotlib.colormaps["tab10"](e % 10)[:3], alpha)
-
-def _pieces(tokens) -> list[tuple[str, bool]]:
-    "Display text of each WordPiece token and whether a space goes before it (`##ing` joins the previous piece)."
-    return [(t[2:], False) if t.startswith("##") else (t, k > 0) for k, t in enumerate(tokens)]
-
-def routing_html(routing: dict) -> str:
-    "HTML: per Switch layer, the review's tokens coloured by expert, shaded by gate; dropped tokens struck through."
-    N = max(max(l["expert"]) for l in routing["layers"]) + 1
-    rgba = lambda e, a: "rgba({},{},{},{:.2f})".format(*(round(255 * v) for v in _expert_colour(e)[:3]), a)
-    key = " ".join(f'<span style="background:{rgba(e, 0.8)};padding:0 4px">expert {e}</span>' for e in range(N))
-    rows = [f'<div style="margin-bottom:4px">{key} · darker = larger gate · <s>struck through</s> = dropped</div>']
-    for n, l in enumerate(routing["layers"]):
-        spans = []
-        for (s, space), e, g, d in zip(_pieces(routing["tokens"]), l["expert"], l["gate"], l["dropped"]):
-            st = ("background:white;border:1px dashed #d62728;text-decoration:line-through;color:#777" if d
-                  else f"background:{rgba(e, 0.2 + 0.8 * g)}")
-            tip = f"expert {e}, gate {g:.2f}" + (", dropped (over capacity)" if d else "")
-            spans.append(" " * space + f'<span title="{tip}" style="{st};padding:1px 1px;border-radius:2px">{html.escape(s)}</span>')
-        rows.append(f'<div style="margin:6px 0"><b>layer {n + 1}</b> ({sum(l["dropped"])} dropped): {"".join(spans)}</div>')
-    return f'<div style="font-family:monospace;line-height:1.9">{"".join(rows)}</div>'
-
-# %% ../nbs/13_inference.ipynb #4b7d9fbe
-def plot_routing(routing: dict, width: int = 90, path=None):
-    "`routing_html` as a matplotlib figure (one panel per layer, `width` characters a line); saved as PNG if `path`."
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-    pieces, pos, x, y = _pieces(routing["tokens"]), [], 0, 0
-    for s, space in pieces:                        # lay the tokens out in lines, counting monospace characters
-        x += space
-        if x + len(s) > width and x > 0: x, y = 0, y + 1
-        pos.append((x, y)); x += len(s)
-    L, lines = len(routing["layers"]), y + 1
-    fig, axes = plt.subplots(L, 1, figsize=(width * 0.08 + 0.3, L * (0.28 * lines + 0.4) + 0.4), squeeze=False, layout="constrained")
-    for n, (ax, l) in enumerate(zip(axes[:, 0], routing["layers"])):
-        ax.set_xlim(0, width); ax.set_ylim(lines, 0); ax.set_axis_off()
-        ax.set_title(f"layer {n + 1}: {sum(l['dropped'])} of {len(pieces)} tokens dropped", fontsize=9, loc="left")
-        for (s, _), (x, y), e, g, d in zip(pieces, pos, l["expert"], l["gate"], l["dropped"]):
-            box = (dict(fc="white", ec="#d62728", ls="--", lw=0.8, pad=1) if d else dict(fc=_expert_colour(e, 0.2 + 0.8 * g), ec="none", pad=1))
-            ax.text(x, y + 0.5, s, family="monospace", fontsize=9, va="center", color="0.45" if d else "k", bbox=box)
-    N = max(max(l["expert"]) for l in routing["layers"]) + 1
-    fig.legend(handles=[Patch(color=_expert_colour(e, 0.8), label=f"expert {e}") for e in range(N)]
-               + [Patch(fc="white", ec="#d62728", ls="--", label="dropped")], ncol=N + 1, fontsize=8, loc="outside upper left", frameon=False)
-    if path is not None: fig.savefig(path, dpi=100); plt.close(fig)
-    return fig
 
 # %% ../nbs/13_inference.ipynb #5307f739
 @patch

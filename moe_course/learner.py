@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from tqdm.auto import tqdm
-from .config import TrainConfig, get_config
+from .core import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig, check_run_dir, get_config, taken_message
 from .optim import *
-from .optim import _atomic_save, _inputs, _module_generators, _reseed, _reseed_loader, _rng_state, _set_rng_state
+from .optim import _inputs, _module_generators, _reseed, _reseed_loader
 from fastcore.basics import patch
 
 # %% auto #0
@@ -70,7 +71,7 @@ class Learner:
         self.cbs = [cb if isinstance(cb, Callback) else EpochEndCB(cb) for cb in cbs]
         self.out = Path(out_dir) if out_dir is not None else None
         self.acc = self.opt = self.sched = self.step_sched = None
-        self.checkpointable = True      # a callback may say no (expert parallelism: each rank holds other experts)
+        self.ckpt, self.ckpt_per_rank = None, False   # the checkpoint callback's file; expert parallelism: one per rank
 
     def __call__(self, event: str): run_cbs(self.cbs, event, self)
 
@@ -166,37 +167,52 @@ class EarlyStoppingCB(Callback):
         if learn.status == "completed" and e.best_state is not None: learn.raw.load_state_dict(e.best_state)
 
 class CheckpointCB(Callback):
-    "Saves `last.pt` in the run folder after every epoch (when `cfg.checkpoint`) and resumes from it with `resume=True`."
-    order = 10
+    "Saves `last.pt` in the run folder after every epoch (when `cfg.checkpoint`), resumes from it; refuses a used folder."
+    order = -40
+    def __init__(self, overwrite: bool = False): self.overwrite = overwrite
     def before_fit(self, learn):
         cfg, out = learn.cfg, learn.out
         if learn.resume and (out is None or not cfg.checkpoint):
             raise ValueError("resume=True needs out_dir (the folder holding last.pt) and cfg.checkpoint=True")
-        learn.ckpt = out / "last.pt" if out is not None and cfg.checkpoint else None
+        self.taken = check_run_dir(out, cfg, learn.resume, self.overwrite) if out is not None else {}   # before anything is written
+        learn.ckpt_per_rank = False   # expert parallelism sets it: every rank saves its own experts beside rank 0's last.pt
 
     def after_prepare(self, learn):
-        ckpt, acc = learn.ckpt, learn.acc
+        acc, cfg, out, ep = learn.acc, learn.cfg, learn.out, learn.ckpt_per_rank
+        rank, world = acc.process_index, acc.num_processes
+        learn.ckpt = ckpt = (out / ("last.pt" if rank == 0 or not ep else f"last.rank{rank}.pt")
+                             if out is not None and cfg.checkpoint else None)
         if learn.resume and ckpt.exists():
-            s = torch.load(ckpt, map_location="cpu", weights_only=False)
+            s = load_checkpoint(ckpt)
+            if ep and s.get("world") != world:
+                raise ValueError(f"{ckpt} was written by {s.get('world', 1)} process(es), this launch has {world}: resume with "
+                                 "the same --nproc_per_node (each rank's file holds its share of the experts)")
             learn.raw.load_state_dict(s["model"]); learn.opt.load_state_dict(s["optimizer"])
             if learn.sched is not None and s["scheduler"] is not None: learn.sched.load_state_dict(s["scheduler"])
-            learn.early.load_state_dict(s["early"]); learn.early.best_state = s["best_model"]
-            learn.history, learn.start, learn.done = s["history"], s["epoch"], s["done"]; _set_rng_state(s["rng"])
+            e = learn.early; e.load_state_dict(s["early"]); e.best_state = s["best_model"]; e.patience = cfg.patience
+            learn.history, learn.start = s["history"], s["epoch"]; set_rng_state(s["rng"])
+            learn.done = learn.start >= cfg.epochs or 0 < e.patience <= e.bad     # not s["done"]: more epochs may be taken
             mods = dict(learn.raw.named_modules())
             for k, st in s.get("generators", {}).items():  # e.g. the ViT augmentation's own stream
                 dev, st = (st["device"], st["state"]) if isinstance(st, dict) else ("cpu", st)   # older checkpoints: cpu
                 if k in mods: mods[k]._gen = torch.Generator(device=dev); mods[k]._gen.set_state(st)
-            acc.print(f"Resuming from {ckpt}: {learn.start} epoch(s) done")
-        elif learn.resume: acc.print(f"No checkpoint in {learn.out}; starting from scratch")
+            acc.print(f"Resuming from {ckpt}: {learn.start} epoch(s) done" + (f"; {taken_message(self.taken)}" if self.taken else ""))
+        elif learn.resume: acc.print(f"No checkpoint in {out}; starting from scratch")
+        if learn.resume and ep and len(set(acc.gather(torch.tensor([learn.start], device=acc.device)).tolist())) > 1:
+            raise ValueError(f"the ranks' checkpoints in {out} are from different epochs (a run killed while saving): "
+                             "start the run again in a new folder")
 
     def after_epoch(self, learn):
-        if learn.ckpt is None or not learn.checkpointable or not learn.acc.is_main_process: return
-        _atomic_save(dict(model=learn.raw.state_dict(), optimizer=learn.opt.state_dict(),
-                          scheduler=learn.sched.state_dict() if learn.sched is not None else None, early=learn.early.state_dict(),
-                          best_model=learn.early.best_state, history=learn.history, epoch=learn.epoch + 1, done=learn.done,
-                          rng=_rng_state(), config=learn.cfg.to_dict(),
-                          generators={k: dict(device=str(g.device), state=g.get_state())
-                                      for k, g in _module_generators(learn.raw).items()}), learn.ckpt)
+        acc = learn.acc
+        if learn.ckpt is None or not (acc.is_main_process or learn.ckpt_per_rank): return
+        save_checkpoint(dict(model=learn.raw.state_dict(), optimizer=learn.opt.state_dict(),
+                             scheduler=learn.sched.state_dict() if learn.sched is not None else None,
+                             early=learn.early.state_dict(), best_model=learn.early.best_state, history=learn.history,
+                             epoch=learn.epoch + 1, done=learn.done, rng=rng_state(), config=learn.cfg.to_dict(),
+                             rank=acc.process_index, world=acc.num_processes,
+                             generators={k: dict(device=str(g.device), state=g.get_state())
+                                         for k, g in _module_generators(learn.raw).items()}), learn.ckpt)
+
 
 # %% ../nbs/11_learner.ipynb #34d3c5df
 @patch
@@ -254,8 +270,8 @@ def fit(self: Learner) -> dict:
     return res
 
 def fit(model: nn.Module, loaders: dict, cfg: TrainConfig | None = None, out_dir=None, resume: bool = False,
-        callbacks=()) -> dict:
+        callbacks=(), overwrite: bool = False) -> dict:
     "Train with this chapter's callbacks, those `cfg` asks of later chapters, and `callbacks` (functions get each epoch's row)."
     cfg = cfg or get_config()
-    cbs = [AcceleratorCB(), ProgressCB(), EarlyStoppingCB(cfg.patience), CheckpointCB()] + config_callbacks(cfg)
+    cbs = [AcceleratorCB(), ProgressCB(), EarlyStoppingCB(cfg.patience), CheckpointCB(overwrite)] + config_callbacks(cfg)
     return Learner(model, loaders, cfg, cbs + list(callbacks), out_dir, resume).fit()

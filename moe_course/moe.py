@@ -62,14 +62,16 @@ class GroupedExperts(nn.Module):
         return self._res(self.drop(grouped_ffn(x, offsets, self.w1, self.b1, self.w2, self.b2)), x)
 
     def padded(self, X: torch.Tensor) -> torch.Tensor:
-        "X [N, C, d]: expert i on its C slots, one batched matmul (bias fused) per layer."
-        h = F.relu(torch.baddbmm(self.b1[:, None], X, self.w1))               # ReLU(X_i W1_i + b1_i)
-        return self._res(self.drop(F.relu(torch.baddbmm(self.b2[:, None], h, self.w2))), X)
+        "X [N, C, d]: expert i on its C slots, one batched matmul (bias fused) per layer; out in X's dtype, like grouped."
+        Xw = X.to(self.w1.dtype)                                              # bf16 input, fp32 weights: as `forward`
+        h = F.relu(torch.baddbmm(self.b1[:, None], Xw, self.w1))              # ReLU(X_i W1_i + b1_i)
+        return self._res(self.drop(F.relu(torch.baddbmm(self.b2[:, None], h, self.w2))), Xw).to(X.dtype)
 
     def einsum(self, X: torch.Tensor) -> torch.Tensor:
         "The same as `padded`, in einsum notation (n = expert, c = slot, d/f = model/hidden width)."
-        h = F.relu(torch.einsum("ncd,ndf->ncf", X, self.w1) + self.b1[:, None])
-        return self._res(self.drop(F.relu(torch.einsum("ncf,nfd->ncd", h, self.w2) + self.b2[:, None])), X)
+        Xw = X.to(self.w1.dtype)
+        h = F.relu(torch.einsum("ncd,ndf->ncf", Xw, self.w1) + self.b1[:, None])
+        return self._res(self.drop(F.relu(torch.einsum("ncf,nfd->ncd", h, self.w2) + self.b2[:, None])), Xw).to(X.dtype)
 
 # %% ../nbs/07_moe.ipynb #6835c125
 @dataclass
@@ -143,7 +145,8 @@ def moe_dispatch(x: torch.Tensor, experts: GroupedExperts, expert_index: torch.T
     if mode == "einsum":   # D[a,i,c] = 1 iff assignment a sits in slot c of expert i
         D = F.one_hot(expert_index, N).bool()[:, :, None] & F.one_hot(position.clamp(0, buffer - 1), buffer).bool()[:, None, :]
         D = (D & keep[:, None, None]).reshape(A, R)
-        table = torch.where(D.any(0), D.to(torch.uint8).argmax(0), A)         # the one a with D[a,r] = 1, else A
+        # the one a with D[a,r] = 1, else A (a zero row appended: argmax works on a batch of 0 rows too)
+        table = torch.where(D.any(0), F.pad(D.to(torch.uint8), (0, 0, 0, 1)).argmax(0), A)
     else: table = torch.full((R + 1,), A, device=dev).scatter_(0, row, torch.arange(A, device=dev))[:R]
     n = x.shape[0]
     src = table if token_index is None else F.pad(token_index, (0, 1), value=n)[table]   # token of row r; empty: n

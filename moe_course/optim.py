@@ -12,6 +12,7 @@ import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.data import DataLoader
 from .config import TrainConfig, get_config
+from .transformer import no_token_dropping
 
 # %% auto #0
 __all__ = ['TinyTextClassifier', 'synthetic_loaders', 'classification_metrics', 'unpack_output', 'compute_loss', 'make_optimizer',
@@ -149,7 +150,8 @@ def evaluate(acc, model, loader, cfg=None, desc="eval") -> dict:
     from tqdm.auto import tqdm
     model.eval(); losses, preds, labels = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not ((cfg is None or cfg.progress) and acc.is_main_process)):
-        logits = unpack_output(model(**_inputs(batch)))[0].float()
+        with no_token_dropping(model):   # as at inference: no token dropped, a score does not depend on its batch
+            logits = unpack_output(model(**_inputs(batch)))[0].float()
         l, p, y = acc.gather_for_metrics((F.cross_entropy(logits, batch["labels"], reduction="none"),
                                           logits.argmax(-1), batch["labels"]))
         losses.append(l.cpu()); preds.append(p.cpu()); labels.append(y.cpu())
@@ -173,20 +175,9 @@ def plot_history(history: list[dict], path=None):
     return fig
 
 # %% ../nbs/10_optim.ipynb #b14013d4
-def _rng_state():
-    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-
-def _set_rng_state(s):
-    random.setstate(s["python"]); np.random.set_state(s["numpy"]); torch.set_rng_state(s["torch"])
-    if s.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
-
 def _module_generators(model) -> dict:
     "Modules that keep their own `torch.Generator` in `_gen` (e.g. the ViT's BatchAugment): name -> generator."
     return {n: m._gen for n, m in model.named_modules() if isinstance(getattr(m, "_gen", None), torch.Generator)}
-
-def _atomic_save(obj, path: Path):
-    tmp = path.with_suffix(".tmp"); torch.save(obj, tmp); tmp.replace(path)
 
 def _reseed(seed: int):
     "Cheap reseed of python, numpy and torch at the start of each epoch: makes an epoch independent of earlier ones."

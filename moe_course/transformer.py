@@ -4,6 +4,7 @@
 
 # %% ../nbs/08_transformer.ipynb #0d3ee0a6
 from __future__ import annotations
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -15,7 +16,8 @@ from .embeddings import TokenAndPositionEmbedding
 from .moe import ResNetFeedForward, Switch
 
 # %% auto #0
-__all__ = ['MultiHeadSelfAttention', 'TransformerBlock', 'ClassifierOutput', 'SwitchTransformerClassifier', 'count_parameters']
+__all__ = ['MultiHeadSelfAttention', 'TransformerBlock', 'ClassifierOutput', 'SwitchTransformerClassifier', 'count_parameters',
+           'no_token_dropping']
 
 # %% ../nbs/08_transformer.ipynb #103b8a78
 class MultiHeadSelfAttention(nn.Module):
@@ -124,3 +126,14 @@ def count_parameters(model: nn.Module) -> dict:
             per_expert = sum(p.numel() for p in m.experts.parameters()) // m.num_experts
             inactive += (m.num_experts - m.top_k) * per_expert    # all experts but top_k (1: Switch)
     return dict(total=total, active=total - inactive)
+
+# %% ../nbs/08_transformer.ipynb #6bf2df67
+@contextmanager
+def no_token_dropping(model: nn.Module):
+    "Inside the block no token-choice Switch layer drops a token (capacity_factor = N); yields the expert-choice layers."
+    layers = [m for m in model.modules() if isinstance(m, Switch) and getattr(m.router, "kind", "") != "expert_choice"]
+    old = [m.capacity_factor for m in layers]
+    for m in layers: m.capacity_factor = float(m.num_experts)          # C = ceil(N k n / N) = k n >= n
+    try: yield [m for m in model.modules() if isinstance(m, Switch) and getattr(m.router, "kind", "") == "expert_choice"]
+    finally:
+        for m, cf in zip(layers, old): m.capacity_factor = cf

@@ -42,6 +42,8 @@ def test_data_check_bad_dir(capsys, tmp_path):
     (["--preset", "nope"], "invalid choice: 'nope'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--resume"], "--resume needs --out-dir"),
+    (["--capacity-factor", "inf"], "capacity_factor must be a finite number"),
+    (["--resume", "--overwrite", "--out-dir", "x"], "--overwrite replaces it: choose one"),
 ])
 def test_train_bad_values_error_clearly(args, msg, capsys):
     with pytest.raises(SystemExit) as e: train_cli(args)
@@ -111,9 +113,12 @@ def test_evaluate_matches_the_accuracy_the_training_run_reported(quick_run, tmp_
     (["{model}", "--file", "{tmp}/empty.txt"], "holds no review"),
     (["{model}", "--file", "{tmp}/bad.csv"], "has no column 'text' (its columns: id, review)"),
     (["{model}", "--file", "{tmp}/none.txt"], "no file"),
+    (["{model}", "--file", "{tmp}/latin1.txt"], "latin1.txt is not UTF-8 text"),
+    (["{model}", "ok", "--batch-size", "0"], "batch_size must be an int >= 1, got 0"),
 ])
 def test_predict_cli_bad_input(quick_run, tmp_path, capsys, args, msg):
     (tmp_path / "empty.txt").write_text(""); (tmp_path / "bad.csv").write_text("id,review\n1,ok\n")
+    (tmp_path / "latin1.txt").write_bytes("Un film très émouvant.\n".encode("latin-1"))
     fill = dict(run=quick_run, model=quick_run / "model", tmp=tmp_path)
     capsys.readouterr()
     assert main(["predict", *[a.format(**fill) for a in args], "--no-progress"]) == 2
@@ -165,3 +170,85 @@ def test_read_texts_formats(tmp_path):
     assert read_texts(tmp_path / "a.txt") == ["Great film.", "Terrible, plot."]
     assert read_texts(tmp_path / "a.csv") == ["Great, film.", "Terrible."]
     assert read_texts(tmp_path / "a.jsonl") == ["Great film.", "Terrible."]
+
+# --- safe runs: the output folder, resume, the data folder, errors as one line ---------------------------------------
+Q = ["train", "--preset", "quick", "--epochs", "1", "--max-len", "32"]
+
+def _sample_copy(folder, **edits):
+    "The imdb sample (first 200 rows of each split) as parquet files in `folder`, with columns replaced by `edits[split]`."
+    import pyarrow as pa, pyarrow.parquet as pq
+    from moe_course.data import sample_dir
+    for split in ("train", "test"):
+        t = pq.read_table(sample_dir() / "imdb" / f"{split}.parquet").slice(0, 200)
+        for col, values in edits.get(split, {}).items():
+            t = t.drop_columns([col]) if values is None else t.set_column(t.schema.get_field_index(col), col, pa.array(values))
+        (folder / "imdb").mkdir(parents=True, exist_ok=True); pq.write_table(t, folder / "imdb" / f"{split}.parquet")
+    return folder
+
+def test_train_refuses_a_folder_that_is_not_this_runs(tmp_path, capsys):
+    mine = tmp_path / "mine"; mine.mkdir(); (mine / "config.json").write_text('{"my": "settings"}')
+    assert main([*Q, "--out-dir", str(mine)]) == 2
+    assert "is not empty" in capsys.readouterr().err and (mine / "config.json").read_text() == '{"my": "settings"}'
+    run = tmp_path / "run"
+    assert main([*Q, "--out-dir", str(run)]) == 0
+    before = (run / "last.pt").read_bytes(); capsys.readouterr()
+    assert main([*Q, "--seed", "1", "--out-dir", str(run)]) == 2          # a second run with another seed
+    assert "continue it with resume (--resume), replace it with overwrite (--overwrite)" in capsys.readouterr().err
+    assert (run / "last.pt").read_bytes() == before
+    assert main([*Q, "--seed", "1", "--out-dir", str(run), "--overwrite"]) == 0
+    assert json.loads((run / "config.json").read_text())["seed"] == 1
+
+def test_resume_compares_the_config_before_touching_anything(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*Q, "--out-dir", str(run)]) == 0
+    cfg_before, ck_before = (run / "config.json").read_text(), (run / "last.pt").read_bytes(); capsys.readouterr()
+    assert main([*Q, "--d-model", "64", "--resume", "--out-dir", str(run)]) == 2
+    assert "d_model 32 -> 64" in capsys.readouterr().err
+    assert main([*Q, "--dataset", "sst2", "--lr", "0.05", "--resume", "--out-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "dataset 'imdb' -> 'sst2'" in err and "lr 0.003 -> 0.05" in err and err.startswith("moe-course train: error:")
+    assert (run / "config.json").read_text() == cfg_before and (run / "last.pt").read_bytes() == ck_before
+    assert main(["train", "--preset", "quick", "--epochs", "2", "--max-len", "32", "--resume", "--out-dir", str(run)]) == 0
+    assert "taking the new epochs (1 -> 2)" in capsys.readouterr().out
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 2
+
+def test_an_explicit_data_dir_means_that_folder(tmp_path, capsys):
+    assert main([*Q, "--data-dir", str(tmp_path / "nonexistent"), "--out-dir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moe-course train: error:") and "nonexistent does not exist" in err
+    data = _sample_copy(tmp_path / "data")
+    assert main([*Q, "--data-dir", str(data), "--out-dir", str(tmp_path / "b")]) == 0
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert m["config"]["source"] == "local" and m["sizes"]["test"] == 200    # that folder's 200 test rows, not the sample
+
+@pytest.mark.parametrize("edits,msg", [
+    (dict(train=dict(label=[0, 1, 5] * 66 + [0, 1])), "has labels 0, 1, 5; expected the integers 0, 1"),
+    (dict(train=dict(label=[-1] + [0, 1] * 99 + [1])), "has labels -1, 0, 1"),
+    (dict(train=dict(label=["pos", "neg"] * 100)), "string labels"),
+    (dict(train=dict(text=[None] + ["fine"] * 199)), "1 row(s) without text"),
+    (dict(test=dict(label=None)), "lacks column(s) ['label']"),                # missing from one split only
+])
+def test_bad_data_is_one_error_line_before_any_file(tmp_path, capsys, edits, msg):
+    data, out = _sample_copy(tmp_path / "data", **edits), tmp_path / "run"
+    assert main([*Q, "--data-dir", str(data), "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moe-course train: error:") and msg in err and err.count("\n") == 1
+    assert not out.exists() or not any(out.iterdir())                        # no partial files
+
+def test_io_errors_are_one_line_with_exit_2(quick_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*Q, "--epochs", "2", "--max-epochs-this-run", "1", "--out-dir", str(run)]) == 0
+    ck = run / "last.pt"; ck.write_bytes(ck.read_bytes()[:2000]); capsys.readouterr()
+    assert main([*Q, "--epochs", "2", "--resume", "--out-dir", str(run)]) == 2          # a truncated checkpoint
+    assert "cut short" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main([*Q, "--out-dir", str(tmp_path / "file" / "run")]) == 2                 # a folder that cannot be made
+    assert "cannot write" in capsys.readouterr().err
+
+def test_evaluate_checks_where_it_writes_before_the_work(quick_run, tmp_path, capsys):
+    (tmp_path / "file").write_text(""); capsys.readouterr()
+    for out, msg in ((tmp_path, "is a folder"), (tmp_path / "file" / "m.json", "cannot write")):
+        assert main(["evaluate", str(quick_run / "model"), "--out", str(out), "--no-progress"]) == 2
+        o = capsys.readouterr()
+        assert msg in o.err and o.err.startswith("moe-course evaluate: error:") and "accuracy" not in o.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]              # no .tmp left behind

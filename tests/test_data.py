@@ -182,3 +182,35 @@ def test_check_sources(no_network):
     rows = check_sources(SAMPLE_DIR)
     assert all(r["auto"] == "local" and r["local"] == r["sample"] for r in rows)
     assert all(r["auto"].startswith("error") for r in check_sources("/no/such/folder"))
+
+
+# --- labels and texts are checked when the data loads ----------------------------------------------------------------
+def _write(folder, train, test=None):
+    (folder / "imdb").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(train), folder / "imdb" / "train.parquet")
+    pq.write_table(pa.table(test or dict(text=["good", "bad"], label=[1, 0])), folder / "imdb" / "test.parquet")
+    return folder
+
+@pytest.mark.parametrize("train,msg", [
+    (dict(text=["a", "b", "c"], label=[0, 1, 5]), "imdb/train from {d}/imdb has labels 0, 1, 5; expected the integers 0, 1"),
+    (dict(text=["a", "b", "c"], label=[0, -1, 1]), "has labels -1, 0, 1; expected the integers 0, 1"),
+    (dict(text=["a", "b"], label=["pos", "neg"]), "has string labels (e.g. "),
+    (dict(text=["a", None, " "], label=[0, 1, 0]), "has 2 row(s) without text (missing or blank: rows 1, 2)"),
+])
+def test_labels_and_texts_are_checked_when_the_data_loads(tmp_path, train, msg):
+    with pytest.raises(ValueError) as e: load_text_dataset("imdb", source="local", data_dir=_write(tmp_path, train))
+    assert msg.format(d=tmp_path) in str(e.value)
+
+def test_a_column_missing_from_one_split_is_named(tmp_path):
+    _write(tmp_path, dict(text=["a", "b"], label=[0, 1]), dict(text=["c", "d"]))
+    with pytest.raises(ValueError, match=r"imdb/test .* lacks column\(s\) \['label'\]"):
+        load_text_dataset("imdb", source="local", data_dir=tmp_path)
+
+def test_an_unlabelled_glue_test_split_loads(tmp_path):
+    for split, lab in (("train", [0, 1]), ("validation", [1, 0]), ("test", [-1, -1])):
+        (tmp_path / "sst2").mkdir(exist_ok=True)
+        pq.write_table(pa.table(dict(sentence=["a", "b"], label=lab, idx=[0, 1])), tmp_path / "sst2" / f"{split}.parquet")
+    assert load_text_dataset("sst2", source="local", data_dir=tmp_path)["test"]["label"] == [-1, -1]
+
+def test_a_data_dir_is_never_ignored():
+    with pytest.raises(ValueError, match="source='local'"): load_text_dataset("imdb", source="sample", data_dir="/nonexistent")

@@ -237,3 +237,37 @@ def test_from_switch_refuses_the_routers_after_switch():
     with single_process_group():
         for kw in (dict(top_k=2), dict(num_shared_experts=1), dict(router="expert_choice"), dict(balancing="bias")):
             with pytest.raises(ValueError, match="top-1"): ExpertParallelSwitch.from_switch(Switch(8, 16, 4, **kw))
+
+
+def _rank_fit_resume(rank, W, out, stop):
+    "`fit` with --expert-parallel and checkpoints into `out`: straight through, or stopped after `stop` epochs and resumed."
+    import dataclasses
+    from pathlib import Path
+    from torch.utils.data import DataLoader
+    from moe_course.config import get_config
+    from moe_course.data import set_seed
+    from moe_course.imdb import build_model
+    from moe_course.learner import fit
+    import moe_course.ep_training  # noqa: F401  registers ExpertParallelCB: fit(cfg.expert_parallel=True) needs it
+    from moe_course.moe import Switch
+    cfg = get_config("quick", num_experts=4, capacity_factor=1.0, epochs=3, scheduler="none", progress=False, patience=0,
+                     expert_parallel=True, max_epochs_this_run=stop)
+    dls = dict(train=DataLoader(_fit_data(24, 0), batch_size=4), valid=DataLoader(_fit_data(12, 1), batch_size=4))
+    set_seed(0); model = build_model(cfg, 50, 2); res = fit(model, dls, cfg, out_dir=out)
+    files = sorted(p.name for p in Path(out).glob("last*.pt"))
+    if stop is not None:                            # a fresh process would build the model again, then resume
+        cfg = dataclasses.replace(cfg, max_epochs_this_run=None)
+        set_seed(0); model = build_model(cfg, 50, 2); res = fit(model, dls, cfg, out_dir=out, resume=True)
+    return dict(files=files, history=[x for h in res["history"] for x in (h["train_loss"], h["valid_loss"])],
+                gathered=type(model.blocks[0].ffn) is Switch, state={k: v.clone() for k, v in model.state_dict().items()})
+
+
+def test_expert_parallel_checkpoints_resume_to_the_same_result(tmp_path):
+    straight = spawn(_rank_fit_resume, 2, (str(tmp_path / "straight"), None), timeout=TIMEOUT)
+    resumed = spawn(_rank_fit_resume, 2, (str(tmp_path / "resumed"), 1), timeout=TIMEOUT)
+    assert resumed[0]["files"] == ["last.pt", "last.rank1.pt"]           # each rank saved its own experts
+    for a, b in zip(straight, resumed):
+        assert a["gathered"] and b["gathered"] and len(b["history"]) == 6   # gathered into one single-process model
+        assert b["history"] == pytest.approx(a["history"], abs=1e-6)
+        for k, v in a["state"].items(): torch.testing.assert_close(b["state"][k], v, atol=1e-6, rtol=1e-6, msg=k)
+    assert straight[0]["state"]["blocks.0.ffn.experts.w1"].shape[0] == 4   # every expert, as one process would hold

@@ -4,9 +4,10 @@ from pathlib import Path
 import pytest, torch
 from moe_course.batching import collate_batch, encode_texts, train_tokenizer
 from moe_course.data import as_texts, load_text_dataset
-from moe_course.inference import MODEL_FILES, TextClassifier, check_model_dir, plot_routing, routing_html
+from moe_course.inference import MODEL_FILES, TextClassifier, check_model_dir
+from moe_course.routing_view import plot_routing, routing_html
 from moe_course.moe import Switch
-from moe_course.transformer import SwitchTransformerClassifier
+from moe_course.transformer import SwitchTransformerClassifier, no_token_dropping
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*longer than max_len")   # reviews are long; one test checks the warning
 
@@ -159,7 +160,7 @@ def test_predict_returns_label_and_probability(clf, texts):
     many = clf(texts[:20], progress=False)
     assert len(many) == 20 and all(r["label"] in ("neg", "pos") and 0.5 <= r["score"] <= 1 for r in many)
     ids, mask = batch_of(clf, texts[:8])                              # score = softmax probability of the label
-    with torch.no_grad(): p = clf.model(ids, mask).logits.softmax(-1)
+    with torch.no_grad(), no_token_dropping(clf.model): p = clf.model(ids, mask).logits.softmax(-1)   # as predict runs
     assert [r["score"] for r in many[:8]] == pytest.approx(p.max(-1).values.tolist(), abs=1e-6)
 
 def test_progress_bar_only_when_asked_and_long(clf, texts, capsys):
@@ -169,6 +170,7 @@ def test_progress_bar_only_when_asked_and_long(clf, texts, capsys):
 
 def test_routing_matches_the_switch_diagnostics(tok, texts):
     c = make_clf(tok, capacity_factor=0.5)                            # small capacity: some tokens are dropped
+    c.drop_tokens = True                                              # capacity as in training (predict drops none)
     r = c(texts[0], routing=True)["routing"]
     ids, mask = batch_of(c, texts[:1])
     with torch.no_grad(): diags = c.model(ids, mask).diagnostics
@@ -194,7 +196,7 @@ def test_routing_html_escapes_and_marks_drops():
     assert "expert 2</span>" in h and "expert 3" not in h             # a key for each expert used
 
 def test_routing_html_and_png(tok, tmp_path):
-    c = make_clf(tok, capacity_factor=0.5)
+    c = make_clf(tok, capacity_factor=0.5); c.drop_tokens = True
     r = c("an odd film, really odd odd odd odd odd odd and more", routing=True)["routing"]
     h = routing_html(r)
     assert h.count("<span title=") == 2 * len(r["tokens"]) and "layer 2" in h
@@ -213,3 +215,30 @@ def test_evaluate_agrees_with_sklearn(clf):
     assert m["confusion"] == confusion_matrix(ds["label"], pred).tolist()
     assert m["f1"] == pytest.approx(f1_score(ds["label"], pred, average="macro"), abs=1e-9)
     assert m["accuracy"] == pytest.approx(sum(p == y for p, y in zip(pred, ds["label"])) / len(ds), abs=1e-12)
+
+# --- a score does not depend on the other texts of its batch ---------------------------------------------------------
+@pytest.mark.parametrize("router", ["switch", "expert_choice"])
+def test_a_score_does_not_depend_on_the_batch(tok, texts, router):
+    clf = make_clf(tok, num_experts=4, router=router, capacity_factor=0.5)    # crowded experts: capacity would bite
+    long = " ".join(texts[1:4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = clf.predict([texts[0]], progress=False)[0]["score"]
+        beside = clf.predict([texts[0], long], progress=False)[0]["score"]
+        one_by_one = clf.predict([long, texts[0]], batch_size=1, progress=False)[1]["score"]
+        assert beside == pytest.approx(alone, abs=1e-5) and one_by_one == pytest.approx(alone, abs=1e-5)
+        clf.drop_tokens = True                                                # per-batch capacity, as in training
+        assert clf.predict([texts[0], long], progress=False)[0]["score"] != pytest.approx(alone, abs=1e-5)
+    m = [x for x in clf.model.modules() if isinstance(x, Switch)][0]
+    assert m.capacity_factor == 0.5                                           # the model's own setting is kept
+
+def test_evaluate_is_the_same_for_every_batch_size(tok):
+    clf = make_clf(tok, num_experts=4, capacity_factor=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = (clf.evaluate("imdb", "test", source="sample", batch_size=bs, progress=False) for bs in (7, 64))
+    assert a["accuracy"] == b["accuracy"] and a["confusion"] == b["confusion"]
+
+def test_texts_of_unknown_words_only_warn(clf):
+    with pytest.warns(UserWarning, match=r"1 of 2 text\(s\) \(e.g. text 1\) hold no word the vocabulary knows, only \[UNK\]"):
+        clf(["a good film", "映画 🎬"])

@@ -183,3 +183,33 @@ def test_compile_trains_like_eager(tmp_path):
     for a, b in zip(_metrics(eager)[0], _metrics(comp)[0]): assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
     assert comp["test"]["accuracy"] == pytest.approx(eager["test"]["accuracy"], abs=0.02)
     assert "blocks.0.ffn.experts.w1" in model.state_dict()
+
+# --- checkpoints hold only data: loaded with weights_only=True ------------------------------------------------------
+class _Payload:
+    "What a hostile checkpoint holds: unpickling it runs a shell command that writes `path`."
+    def __init__(self, path): self.path = path
+    def __reduce__(self): return (os.system, (f"echo ran > {self.path}",))
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    _run(tmp_path, epochs=1)
+    s = torch.load(tmp_path / "last.pt", weights_only=True)              # tensors and plain Python only
+    assert s["epoch"] == 1 and isinstance(s["rng"]["python"], list) and torch.is_tensor(s["rng"]["numpy"][1])
+
+def test_resume_refuses_a_checkpoint_that_holds_code(tmp_path):
+    marker, run = tmp_path / "pwned.txt", tmp_path / "run"
+    run.mkdir(); torch.save({"model": _Payload(marker)}, run / "last.pt")
+    with pytest.raises(ValueError, match="tampered with"): _run(run, epochs=1, resume=True)
+    assert not marker.exists()                                           # nothing ran
+
+def test_resume_from_a_truncated_checkpoint_says_so(tmp_path):
+    _run(tmp_path, epochs=2, max_epochs_this_run=1)
+    ck = tmp_path / "last.pt"; ck.write_bytes(ck.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="cut short"): _run(tmp_path, epochs=2, resume=True)
+
+def test_fit_refuses_a_used_folder_and_a_changed_config(tmp_path):
+    _run(tmp_path, epochs=2, max_epochs_this_run=1)
+    with pytest.raises(ValueError, match="is not empty"): _run(tmp_path, epochs=2)          # a second run, no flag
+    with pytest.raises(ValueError, match=r"lr 0.01 -> 0.05"):                               # resume, another lr
+        fit(TinyTextClassifier(), synthetic_loaders(n_train=256, n_valid=96, n_test=96),
+            get_config("quick", epochs=2, lr=0.05, patience=0), out_dir=tmp_path, resume=True)
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1                # untouched

@@ -416,3 +416,14 @@ def test_gate_on_ffn_with_the_routers_after_switch(kw):
     (ya, da), (yb, db) = a(x, mask), b(x, mask)
     g, v = da.gate.view(2, 9, 1), mask[..., None]
     torch.testing.assert_close(ya - yb, torch.where(v, (g - 1) * x, torch.zeros_like(x)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dispatch", ["grouped", "padded", "einsum"])
+def test_empty_batch_and_bf16_input_with_fp32_weights(dispatch):
+    sw = Switch(8, 16, 4, dispatch=dispatch)
+    y, d = sw(torch.randn(0, 8))
+    assert y.shape == (0, 8) and int(d.dropped) == 0
+    x = torch.randn(2, 5, 8)
+    y16, _ = sw(x.bfloat16())                                     # bf16 activations, fp32 weights: as grouped does
+    assert y16.dtype == torch.bfloat16
+    torch.testing.assert_close(y16.float(), sw(x.bfloat16().float())[0], atol=0.05, rtol=0.05)
