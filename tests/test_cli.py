@@ -218,8 +218,8 @@ def test_an_explicit_data_dir_means_that_folder(tmp_path, capsys):
     assert err.startswith("moe-course train: error:") and "nonexistent does not exist" in err
     data = _sample_copy(tmp_path / "data")
     assert main([*Q, "--data-dir", str(data), "--out-dir", str(tmp_path / "b")]) == 0
-    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert m["config"]["source"] == "local" and m["sizes"]["test"] == 200    # that folder's 200 test rows, not the sample
+    info = json.loads((tmp_path / "b" / "model" / "config.json").read_text())["moe_course"]
+    assert info["source"] == "local" and info["sizes"]["test"] == 200        # that folder's 200 test rows, not the sample
 
 @pytest.mark.parametrize("edits,msg", [
     (dict(train=dict(label=[0, 1, 5] * 66 + [0, 1])), "has labels 0, 1, 5; expected the integers 0, 1"),
