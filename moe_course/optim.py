@@ -131,8 +131,11 @@ def make_accelerator(cfg: TrainConfig, precision: str | None = None):
     mp = dict(auto="bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no",
               fp32="no", bf16="bf16")[precision or cfg.precision]
     # DDP must be told when a step may leave a parameter without a gradient. The stacked experts always get one
-    # (zero for an idle expert), but other models trained with `fit` may not: stay tolerant
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.num_experts > 1)
+    # (zero for an idle expert), but other models trained with `fit` may not: stay tolerant.
+    # broadcast_buffers=False: DDP would copy rank 0's buffers into every rank at *each* forward, and a second forward
+    # in one step (FGM) would overwrite the load a bias-balanced router counts (chapter routers); our buffers stay in
+    # step by themselves (the bias by its all-reduce, the random router's call counter by equal increments)
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.num_experts > 1, broadcast_buffers=False)
     kw = dict(mixed_precision=mp, cpu=not torch.cuda.is_available(), kwargs_handlers=[ddp])
     try: return Accelerator(**kw)
     except ValueError:  # an earlier Accelerator in this process used another precision
