@@ -46,6 +46,8 @@ _CONFIG_CALLBACKS = {}   # name -> make(cfg) -> Callback | None: the features la
 
 def register_config_callback(name: str, make):
     "Let `fit` build a callback from the config: make(cfg) returns one, or None when cfg does not ask for it."
+    old = _CONFIG_CALLBACKS.get(name)   # a notebook's copy (`__main__`) never replaces the library's own entry
+    if old is not None and make.__module__ == "__main__" and old.__module__ != "__main__": return old
     _CONFIG_CALLBACKS[name] = make
     return make
 

@@ -183,7 +183,8 @@ def fine_grained(num_experts: int, d_ff: int, top_k: int = 1, m: int = 2) -> dic
 # %% ../nbs/16_routers.ipynb #ce8cd457
 def update_router_biases(model: nn.Module) -> int:
     "Call `update_bias` of every bias-balanced router in `model` (after the optimiser step); returns how many."
-    routers = [m for m in model.modules() if isinstance(m, TopKRouter) and m.balancing == "bias"]
+    # by what a router does, not its class: a copy of the class (a notebook's, a user's) is updated as well
+    routers = [m for m in model.modules() if callable(getattr(m, "update_bias", None)) and getattr(m, "balancing", None) == "bias"]
     for r in routers: r.update_bias()
     return len(routers)
 

@@ -200,6 +200,8 @@ _ROUTER_BUILDERS = []   # builders added by later chapters: f(d_model, num_exper
 def register_router(builder):
     "Add `builder`, which returns a router for the arguments it knows and None otherwise, to those `make_router` asks."
     if builder not in _ROUTER_BUILDERS: _ROUTER_BUILDERS.append(builder)
+    # the library's builders first: a copy run in a notebook (`__main__`) never shadows them in a shared process
+    _ROUTER_BUILDERS.sort(key=lambda b: getattr(b, "__module__", None) == "__main__")
     return builder
 
 def make_router(d_model: int, num_experts: int, router: str = "switch", top_k: int = 1, balancing: str = "aux",
