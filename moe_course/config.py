@@ -10,7 +10,7 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['CHOICES', 'PRESETS', 'MODEL_FIELDS', 'DATA_FIELDS', 'STATE_FIELDS', 'TrainConfig', 'get_config', 'config_changes',
-           'taken_message', 'check_run_dir']
+           'taken_message', 'check_run_dir', 'register_config_callback', 'config_callbacks']
 
 # %% ../nbs/09_config.ipynb #a21cd214
 def _f(default, help, switch_on=None):
@@ -206,3 +206,22 @@ def check_run_dir(out, cfg: TrainConfig, resume: bool = False, overwrite: bool =
     if overwrite:                               # an old checkpoint must not be resumed under the new run's name
         for p in [out / "last.pt", *out.glob("last.rank*.pt")]: p.unlink(missing_ok=True)
     return {}
+
+# %% ../nbs/09_config.ipynb #cfgreg-code
+_CONFIG_CALLBACKS = {}   # name -> make(cfg) -> Callback | None: the features later chapters add to `fit`
+
+def register_config_callback(name: str, make):
+    "Let `fit` build a callback from the config: make(cfg) returns one, or None when cfg does not ask for it."
+    old = _CONFIG_CALLBACKS.get(name)   # a notebook's copy (`__main__`) never replaces the library's own entry
+    if old is not None and make.__module__ == "__main__" and old.__module__ != "__main__": return old
+    _CONFIG_CALLBACKS[name] = make
+    return make
+
+def config_callbacks(cfg: TrainConfig) -> list:
+    "The callbacks `cfg` asks for; an error when a field asks for a chapter whose module was not imported."
+    for f in dataclasses.fields(cfg):
+        need = f.metadata.get("callback")
+        if need and getattr(cfg, f.name) and need not in _CONFIG_CALLBACKS:
+            raise ValueError(f"cfg.{f.name}={getattr(cfg, f.name)!r} needs the callback of chapter `{need}`: "
+                             f"`import moe_course.{need}` first")
+    return [cb for make in _CONFIG_CALLBACKS.values() if (cb := make(cfg)) is not None]

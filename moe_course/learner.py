@@ -11,15 +11,14 @@ import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, check_run_dir, get_config, taken_message
+from .config import TrainConfig, check_run_dir, config_callbacks, get_config, register_config_callback, taken_message
 from .optim import *
 from .optim import _inputs, _module_generators, _reseed, _reseed_loader
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['EVENTS', 'Callback', 'run_cbs', 'EpochEndCB', 'register_config_callback', 'config_callbacks', 'NonFiniteLoss',
-           'Learner', 'train_step', 'train_one_epoch', 'AcceleratorCB', 'ProgressCB', 'EarlyStoppingCB', 'CheckpointCB',
-           'fit']
+__all__ = ['EVENTS', 'Callback', 'run_cbs', 'EpochEndCB', 'NonFiniteLoss', 'Learner', 'train_step', 'train_one_epoch',
+           'AcceleratorCB', 'ProgressCB', 'EarlyStoppingCB', 'CheckpointCB', 'fit']
 
 # %% ../nbs/11_learner.ipynb #49864b0c
 EVENTS = ("before_fit", "after_prepare", "before_epoch", "after_backward", "after_step", "after_validate", "after_epoch",
@@ -42,28 +41,8 @@ class EpochEndCB(Callback):
     def __init__(self, fn): self.fn = fn
     def after_epoch(self, learn): self.fn(learn.history[-1])
 
-_CONFIG_CALLBACKS = {}   # name -> make(cfg) -> Callback | None: the features later chapters add to `fit`
-
-def register_config_callback(name: str, make):
-    "Let `fit` build a callback from the config: make(cfg) returns one, or None when cfg does not ask for it."
-    old = _CONFIG_CALLBACKS.get(name)   # a notebook's copy (`__main__`) never replaces the library's own entry
-    if old is not None and make.__module__ == "__main__" and old.__module__ != "__main__": return old
-    _CONFIG_CALLBACKS[name] = make
-    return make
-
-def config_callbacks(cfg: TrainConfig) -> list:
-    "The callbacks `cfg` asks for; an error when a field asks for a chapter whose module was not imported."
-    for f in dataclasses.fields(cfg):
-        need = f.metadata.get("callback")
-        if need and getattr(cfg, f.name) and need not in _CONFIG_CALLBACKS:
-            raise ValueError(f"cfg.{f.name}={getattr(cfg, f.name)!r} needs the callback of chapter `{need}`: "
-                             f"`import moe_course.{need}` first")
-    return [cb for make in _CONFIG_CALLBACKS.values() if (cb := make(cfg)) is not None]
-
 # %% ../nbs/11_learner.ipynb #93231287
 class NonFiniteLoss(RuntimeError): pass
-
-def _inputs(batch): return {k: v for k, v in batch.items() if k != "labels"}
 
 class Learner:
     "A model, its loaders, a config and callbacks; `fit()` runs the loop and calls the callbacks at each event."

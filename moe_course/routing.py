@@ -215,4 +215,4 @@ def make_router(d_model: int, num_experts: int, router: str = "switch", top_k: i
         if r is not None: return r
     raise ValueError(f"router={router!r} with top_k={top_k}, balancing={balancing!r} is not a router of this chapter "
                      f"({', '.join(Route.kinds)}, top_k=1, balancing='aux'); top-k, expert choice and bias balancing are "
-                     "chapter `routers`' routers: `import moe_course.routers` first")
+                     "chapter `routers`' routers: import the module `moe_course.routers` first")
