@@ -17,12 +17,11 @@ from tqdm.auto import tqdm
 from .batching import CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS, clean_text, collate_batch, encode_texts
 from .batching import LengthBucketSampler
 from .moe import ResNetFeedForward, Switch
-from .transformer import SwitchTransformerClassifier
+from .transformer import SwitchTransformerClassifier, encoder_state_dict, load_encoder, load_encoder_file, save_encoder
 
 # %% auto #0
-__all__ = ['NBSVM', 'mlm_corpus', 'mask_tokens', 'MLMOutput', 'SwitchTransformerMLM', 'encoder_state_dict', 'load_encoder',
-           'save_encoder', 'load_encoder_file', 'mlm_loss', 'unigram_entropy', 'mlm_eval', 'pretrain_mlm',
-           'expert_forward', 'upcycle', 'mlm_model', 'finetune']
+__all__ = ['NBSVM', 'mlm_corpus', 'mask_tokens', 'MLMOutput', 'SwitchTransformerMLM', 'mlm_loss', 'unigram_entropy', 'mlm_eval',
+           'pretrain_mlm', 'expert_forward', 'upcycle', 'mlm_model', 'finetune']
 
 # %% ../nbs/18_pretrain.ipynb #11d0c00e
 class NBSVM:
@@ -120,41 +119,6 @@ class SwitchTransformerMLM(nn.Module):
         h = self.mlm_norm(F.gelu(self.mlm_dense(self.norm(x))))
         # logits = LN(GELU(W h + b)) E_tok^T / sqrt(d) + c
         return MLMOutput(h @ self.embedding.tok_emb.weight.T * h.shape[-1] ** -0.5 + self.mlm_bias, aux, z, diags)
-
-def encoder_state_dict(model: nn.Module) -> dict:
-    "The encoder's weights (everything but the MLM head or the classifier head), detached and contiguous."
-    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
-            if not k.startswith(("mlm_", "head."))}
-
-def load_encoder(model: nn.Module, state) -> list[str]:
-    "Load encoder weights (a dict or a `save_encoder` folder) into `model`; returns the missing (head) keys."
-    if isinstance(state, (str, Path)): state = load_encoder_file(state)[0]
-    res = model.load_state_dict(state, strict=False)
-    bad = [k for k in res.missing_keys if not k.startswith(("head.", "mlm_"))]
-    if res.unexpected_keys or bad:
-        raise ValueError(f"encoder does not match the model: unexpected {res.unexpected_keys[:5]}, missing {bad[:5]}"
-                         " (build both with the same arguments, e.g. from one TrainConfig)")
-    return res.missing_keys
-
-# %% ../nbs/18_pretrain.ipynb #4e25df7f
-def save_encoder(model: SwitchTransformerMLM, path, tokenizer=None) -> Path:
-    "Write `model.safetensors` (encoder weights), `config.json` (model arguments) and `tokenizer.json` into `path`."
-    from safetensors.torch import save_file
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    save_file(encoder_state_dict(model), str(path / "model.safetensors"), metadata=dict(format="pt"))
-    (path / "config.json").write_text(json.dumps(getattr(model, "config", {}), indent=1) + "\n")
-    if tokenizer is not None:
-        from moe_course.batching import save_tokenizer
-        save_tokenizer(tokenizer, path / "tokenizer.json")
-    return path
-
-def load_encoder_file(path) -> tuple[dict, dict]:
-    "(encoder state dict, model config) from a `save_encoder` folder."
-    from safetensors.torch import load_file
-    path = Path(path)
-    if not (path / "model.safetensors").exists(): raise FileNotFoundError(f"no model.safetensors in {path}: save one with save_encoder")
-    cfg = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
-    return load_file(str(path / "model.safetensors")), cfg
 
 # %% ../nbs/18_pretrain.ipynb #4ba9c0d6
 def mlm_loss(out, labels: torch.Tensor, aux_weight: float = 0.01):

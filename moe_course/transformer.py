@@ -17,7 +17,7 @@ from .moe import ResNetFeedForward, Switch
 
 # %% auto #0
 __all__ = ['MultiHeadSelfAttention', 'TransformerBlock', 'ClassifierOutput', 'SwitchTransformerClassifier', 'count_parameters',
-           'no_token_dropping']
+           'no_token_dropping', 'encoder_state_dict', 'load_encoder', 'save_encoder', 'load_encoder_file']
 
 # %% ../nbs/08_transformer.ipynb #103b8a78
 class MultiHeadSelfAttention(nn.Module):
@@ -137,3 +137,42 @@ def no_token_dropping(model: nn.Module):
     try: yield [m for m in model.modules() if isinstance(m, Switch) and getattr(m.router, "kind", "") == "expert_choice"]
     finally:
         for m, cf in zip(layers, old): m.capacity_factor = cf
+
+# %% ../nbs/08_transformer.ipynb #enc-io-code
+def encoder_state_dict(model: nn.Module) -> dict:
+    "The encoder's weights (everything but the MLM head or the classifier head), detached and contiguous."
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
+            if not k.startswith(("mlm_", "head."))}
+
+def load_encoder(model: nn.Module, state) -> list[str]:
+    "Load encoder weights (a dict or a `save_encoder` folder) into `model`; returns the missing (head) keys."
+    if not isinstance(state, dict): state = load_encoder_file(state)[0]   # a folder written by save_encoder
+    res = model.load_state_dict(state, strict=False)
+    bad = [k for k in res.missing_keys if not k.startswith(("head.", "mlm_"))]
+    if res.unexpected_keys or bad:
+        raise ValueError(f"encoder does not match the model: unexpected {res.unexpected_keys[:5]}, missing {bad[:5]}"
+                         " (build both with the same arguments, e.g. from one TrainConfig)")
+    return res.missing_keys
+
+def save_encoder(model: nn.Module, path, tokenizer=None):
+    "Write `model.safetensors` (encoder weights), `config.json` (model arguments) and `tokenizer.json` into `path`."
+    import json
+    from pathlib import Path
+    from safetensors.torch import save_file
+    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    save_file(encoder_state_dict(model), str(path / "model.safetensors"), metadata=dict(format="pt"))
+    (path / "config.json").write_text(json.dumps(getattr(model, "config", {}), indent=1) + "\n")
+    if tokenizer is not None:
+        from moe_course.batching import save_tokenizer
+        save_tokenizer(tokenizer, path / "tokenizer.json")
+    return path
+
+def load_encoder_file(path) -> tuple[dict, dict]:
+    "(encoder state dict, model config) from a `save_encoder` folder."
+    import json
+    from pathlib import Path
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not (path / "model.safetensors").exists(): raise FileNotFoundError(f"no model.safetensors in {path}: save one with save_encoder")
+    cfg = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+    return load_file(str(path / "model.safetensors")), cfg
