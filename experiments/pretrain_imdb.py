@@ -81,8 +81,8 @@ def main(argv=None):
                mlm={}, reference=dict(nbsvm_paper=0.9122, seed_reference=0.8512, goal=0.913), sample=tiny)
     save = lambda: save_result(out, rec, wall_time_s=time.perf_counter() - t_start)
     left = lambda: None if a.time_budget_s is None else a.time_budget_s - (time.perf_counter() - t_start)
-    mlm = lambda model, steps, seed=a.seed: pretrain_mlm(model, tok, mlm_train, **(mlm_kw | dict(steps=steps)),
-                                                         valid_texts=mlm_valid, seed=seed, progress=False)
+    mlm = lambda model, steps, seed=a.seed, init_bias=True: pretrain_mlm(model, tok, mlm_train, **(mlm_kw | dict(steps=steps)),
+        valid_texts=mlm_valid, seed=seed, progress=False, init_bias=init_bias)
 
     encoder = None
     if not a.no_pretrain:
@@ -102,7 +102,7 @@ def main(argv=None):
         torch.manual_seed(a.seed); dense = mlm_model(dense_cfg, V)
         rd = mlm(dense, steps2)
         up = upcycle(dense, cfg.num_experts, seed=a.seed)
-        ru = mlm(up, steps2)
+        ru = mlm(up, steps2, init_bias=False)
         torch.manual_seed(a.seed); scratch = mlm_model(cfg, V)
         rs = mlm(scratch, 2 * steps2)
         rec["mlm"].update({"dense (upcycling source)": rd, "upcycled": ru, "MoE from scratch": rs})

@@ -20,8 +20,8 @@ from .moe import ResNetFeedForward, Switch
 from .transformer import SwitchTransformerClassifier, encoder_state_dict, load_encoder, load_encoder_file, save_encoder
 
 # %% auto #0
-__all__ = ['NBSVM', 'mlm_corpus', 'mask_tokens', 'MLMOutput', 'SwitchTransformerMLM', 'mlm_loss', 'unigram_entropy', 'mlm_eval',
-           'pretrain_mlm', 'expert_forward', 'upcycle', 'mlm_model', 'finetune']
+__all__ = ['NBSVM', 'mlm_corpus', 'mask_tokens', 'MLMOutput', 'SwitchTransformerMLM', 'mlm_loss', 'unigram_entropy',
+           'unigram_log_prior', 'mlm_eval', 'pretrain_mlm', 'expert_forward', 'upcycle', 'mlm_model', 'finetune']
 
 # %% ../nbs/18_pretrain.ipynb #11d0c00e
 class NBSVM:
@@ -132,6 +132,12 @@ def unigram_entropy(ids: list[list[int]], vocab_size: int) -> float:
     p = c[c > 0] / c.sum()
     return float(-(p * p.log()).sum())     # H = -sum_w p_w log p_w
 
+def unigram_log_prior(ids: list[list[int]], vocab_size: int) -> torch.Tensor:
+    "log p_w of the token frequencies of `ids` (add-1/2 smoothed, special tokens at the floor): a head's starting bias."
+    c = torch.bincount(torch.cat([torch.as_tensor(s, dtype=torch.long) for s in ids]), minlength=vocab_size).double()
+    c[:len(SPECIAL_TOKENS)] = 0
+    return ((c + 0.5) / (c + 0.5).sum()).log().float()      # c_w = log((n_w + 1/2) / sum_v (n_v + 1/2))
+
 @torch.no_grad()
 def mlm_eval(model, batches, vocab_size: int, seed: int = 0, device="cpu") -> float:
     "Mean MLM cross-entropy on `batches` (padded dicts), with masking fixed by `seed`."
@@ -146,13 +152,17 @@ def mlm_eval(model, batches, vocab_size: int, seed: int = 0, device="cpu") -> fl
 def pretrain_mlm(model: nn.Module, tok, texts, steps: int = 1000, batch_size: int = 32, max_len: int = 256,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_frac: float = 0.05, aux_weight: float = 0.01,
                  valid_texts=None, eval_every: int = 200, max_time_s: float | None = None, seed: int = 0,
-                 precision: str = "auto", progress: bool = True) -> dict:
-    "Masked-language-model training of `model` on `texts`; returns the loss history, steps done and wall time."
+                 precision: str = "auto", progress: bool = True, mlm_prob: float = 0.15, loss_fn=None,
+                 init_bias: bool = True) -> dict:
+    """Masked-language-model training of `model` on `texts`; returns the loss history, steps done and wall time.
+    `loss_fn(model, ids, labels, attention_mask, aux_weight) -> (loss, ce)` replaces the full-vocabulary head's loss;
+    `init_bias` starts the head's bias at the corpus's log unigram frequencies (step 0 = the frequency-only model)."""
     from moe_course.config import get_config
     from moe_course.data import set_seed
     from moe_course.learner import make_accelerator
     from moe_course.optim import make_optimizer, make_scheduler
     if steps < 1: raise ValueError(f"steps must be >= 1, got {steps}")
+    loss_fn = loss_fn or (lambda m, x, lab, am, w: mlm_loss(m(x, am), lab, w))
     t0 = time.perf_counter(); set_seed(seed)
     V = tok.get_vocab_size()
     cfg = get_config(lr=lr, weight_decay=weight_decay, scheduler="cosine", warmup_frac=warmup_frac, epochs=1,
@@ -160,6 +170,8 @@ def pretrain_mlm(model: nn.Module, tok, texts, steps: int = 1000, batch_size: in
     acc = make_accelerator(cfg)
     ids = encode_texts(tok, texts, max_len)
     items = [dict(input_ids=x, labels=0) for x in ids]
+    if init_bias and isinstance(getattr(model, "mlm_bias", None), nn.Parameter):
+        with torch.no_grad(): model.mlm_bias.copy_(unigram_log_prior(ids, V))
     sampler = LengthBucketSampler([len(x) for x in ids], batch_size, seed=seed, drop_last=len(ids) >= batch_size)
     valid = []
     if valid_texts:
@@ -178,8 +190,8 @@ def pretrain_mlm(model: nn.Module, tok, texts, steps: int = 1000, batch_size: in
     while step < steps and not (max_time_s and time.perf_counter() - t0 > max_time_s):
         for idx in sampler:
             b = collate_batch([items[i] for i in idx])
-            x, lab = mask_tokens(b["input_ids"], V, generator=g)
-            loss, ce = mlm_loss(model(x.to(acc.device), b["attention_mask"].to(acc.device)), lab.to(acc.device), aux_weight)
+            x, lab = mask_tokens(b["input_ids"], V, mlm_prob, generator=g)
+            loss, ce = loss_fn(model, x.to(acc.device), lab.to(acc.device), b["attention_mask"].to(acc.device), aux_weight)
             acc.backward(loss); acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
             run += torch.stack([ce.detach() * 1.0, torch.ones((), device=acc.device)]); step += 1; bar.update()

@@ -167,3 +167,40 @@ def test_merge_records_and_scaling_table():
     assert rows["N=8"]["steps_to_dense"] == 150 and rows["N=1"]["steps_to_dense"] == 200
     assert abs(rows["N=8"]["bits_mean"] - 1.6 / math.log(2)) < 1e-9
     with pytest.raises(ValueError, match="grid"): merge_records([dict(extra, runs={"N=8 seed=1": extra["runs"]["N=8 seed=1"]})])
+
+
+def test_pretrain_mlm_with_the_sparse_head_trains_like_the_full_head():
+    from moe_course.batching import train_tokenizer
+    from moe_course.pretrain import mlm_corpus, pretrain_mlm
+    corpus = mlm_corpus(load_text_dataset("imdb", source="sample"))
+    tok = train_tokenizer(corpus[:600], vocab_size=800)
+    runs = {}
+    for name, fn in (("full", None), ("sparse", sparse_mlm_loss)):
+        torch.manual_seed(0); m = SwitchTransformerMLM(tok.get_vocab_size(), **(KW | dict(max_len=48, num_experts=2)))
+        r = pretrain_mlm(m, tok, corpus[:600], steps=6, batch_size=16, max_len=48, lr=3e-3, eval_every=3,
+                         valid_texts=corpus[600:632], progress=False, loss_fn=fn)
+        runs[name] = (r, m)
+    (rf, mf), (rs, ms) = runs["full"], runs["sparse"]
+    assert len(rf["history"]) == len(rs["history"]) == 2
+    for hf, hs in zip(rf["history"], rs["history"]):
+        assert math.isclose(hf["train_loss"], hs["train_loss"], abs_tol=1e-4)
+        assert math.isclose(hf["valid_loss"], hs["valid_loss"], abs_tol=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(mf.state_dict().values(), ms.state_dict().values()))
+    with pytest.raises(ValueError, match="mlm_prob"):
+        pretrain_mlm(mf, tok, corpus[:40], steps=1, batch_size=16, max_len=48, mlm_prob=1.5, progress=False)
+
+
+def test_experts_carry_script_tiny(tmp_path):
+    import os
+    out = tmp_path / "c.json"
+    subprocess.run([sys.executable, str(ROOT / "experiments/experts_carry.py"), "--preset", "tiny", "--out", str(out),
+                    "--upcycle"], check=True, capture_output=True, cwd=tmp_path, env=os.environ | dict(TMPDIR=str(tmp_path)))
+    r = json.loads(out.read_text())
+    kinds = {"pretrained MoE", "pretrained dense", "scratch MoE", "scratch dense", "upcycled MoE"}
+    assert {x["kind"] for x in r["runs"]} == kinds and set(r["summary"]) == kinds
+    assert all(r["summary"][k]["n"] == 2 and 0 <= r["summary"][k]["mean"] <= 1 for k in kinds)
+    assert r["corpus"]["valid_reviews"] == (r["corpus"]["reviews"] + r["corpus"]["valid_reviews"]) // 100 and set(r["pretrain"]) == {"dense", "MoE", "upcycled"}
+    assert r["pretrain"]["MoE"]["active"] < r["pretrain"]["MoE"]["total"] and r["pretrain"]["dense"]["active"] == r["pretrain"]["dense"]["total"]
+    scratch = [x for x in r["runs"] if x["kind"].startswith("scratch")]
+    assert all(x["pretrain_s"] == 0 and x["pipeline_s"] >= x["finetune_s"] for x in scratch)
+    assert (tmp_path / "moe_course_experts_carry" / "experts_carry_tiny" / "MoE" / "model.safetensors").exists()

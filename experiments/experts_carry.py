@@ -1,0 +1,144 @@
+"""Does a better pretrained encoder make a better IMDB classifier, and do experts help there? (chapter 20_experts_carry;
+the Switch paper's Table 5 question at our scale.)
+
+The classifier is the `imdb-switch-cpu` preset (d 64, 1 layer, WordPiece 30,000, 384 tokens; 86.11% from scratch in
+156 s). Its encoder is pretrained as a masked language model on the IMDB *train* reviews only (no test text: the
+corpus drops the train reviews that also occur in test), with the sparse MLM head of chapter 19 (only the masked
+positions are projected onto the vocabulary), once dense (N=1) and once with N experts at equal active FLOPs.
+Optionally a third encoder is upcycled: the dense one after half the steps, continued with N experts.
+Then each encoder, and the same shapes from scratch, is fine-tuned with the preset's recipe, several seeds each.
+
+    python experiments/experts_carry.py --preset tiny            # seconds, the bundled sample (-> /tmp)
+    python experiments/experts_carry.py --preset cpu             # full IMDB, the 2-core CPU (about 50 minutes)
+    python experiments/experts_carry.py --preset cpu --upcycle   # + the upcycled encoder (about 15 minutes more)
+
+Writes results/experts_carry_<preset>.json (device, commit, wall time) after every stage; encoders go to
+runs/experts_carry_<preset>/. The test split is touched only by the final evaluation of each fine-tuning run.
+"""
+from __future__ import annotations
+import argparse, dataclasses, os, statistics, sys, time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, find_data_dir  # experiments/common.py
+
+PRESETS = {
+    "tiny": dict(train=("quick", dict(source="sample", max_len=64, vocab_size=2000, d_model=32, n_heads=2, d_ff=64,
+                                      num_experts=4, epochs=1)),
+                 mlm=dict(steps=20, batch_size=16, lr=3e-3, eval_every=10), seeds=[0, 1]),
+    "cpu": dict(train=("imdb-switch-cpu", {}), mlm=dict(steps=1000, batch_size=32, lr=3e-3, eval_every=100),
+                seeds=[0, 1, 2]),
+    "gpu": dict(train=("imdb-switch-gpu", dict(d_model=256, n_heads=4, d_ff=512, n_layers=4, num_experts=8, epochs=3,
+                                               lr=5e-4, batch_size=64)),
+                mlm=dict(steps=20000, batch_size=64, lr=1e-3, eval_every=1000), seeds=[0, 1, 2]),
+}
+KINDS = ("pretrained MoE", "pretrained dense", "scratch MoE", "scratch dense")
+
+
+def mean_std(xs):
+    return dict(mean=statistics.fmean(xs), std=statistics.stdev(xs) if len(xs) > 1 else 0.0, n=len(xs))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    ap.add_argument("--data-dir", default=None, help="folder with imdb/{train,test}.parquet (default $MOE_COURSE_DATA)")
+    ap.add_argument("--out", default=None, help="record (default results/experts_carry_<preset>.json; tiny: /tmp)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="fine-tuning seeds (default: the preset's)")
+    ap.add_argument("--mlm-steps", type=int, default=None, help="pretraining steps of each encoder")
+    ap.add_argument("--mlm-prob", type=float, default=0.15, help="share of tokens masked (Wettig et al. 2023)")
+    ap.add_argument("--experts", type=int, default=None, help="N of the MoE (default: the preset's num_experts)")
+    ap.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning lr (default: the preset's)")
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS) + ["upcycled MoE"])
+    ap.add_argument("--upcycle", action="store_true", help="also pretrain and fine-tune an upcycled encoder")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared CPU)")
+    a = ap.parse_args(argv)
+    import torch
+    from moe_course.batching import train_tokenizer
+    from moe_course.config import get_config
+    from moe_course.core import save_result
+    from moe_course.data import load_text_dataset
+    from moe_course.experts_pay import sparse_mlm_loss
+    from moe_course.pretrain import encoder_state_dict, finetune, mlm_corpus, mlm_model, pretrain_mlm, save_encoder, upcycle
+    from moe_course.transformer import count_parameters
+    if a.threads: torch.set_num_threads(a.threads)
+    t_start, p, tiny = time.perf_counter(), PRESETS[a.preset], a.preset == "tiny"
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "moe_course_experts_carry"
+    out = Path(a.out or (tmp if tiny else ROOT / "results") / f"experts_carry_{a.preset}.json")
+    run_dir = (tmp if tiny else ROOT / "runs") / f"experts_carry_{a.preset}"
+    if tiny: dsd, extra = load_text_dataset("imdb", source="sample"), {}
+    else:
+        d = find_data_dir(a.data_dir)
+        if d is None: raise SystemExit("No IMDB data found: pass --data-dir or set MOE_COURSE_DATA")
+        dsd, extra = load_text_dataset("imdb", source="local", data_dir=d), dict(source="local", data_dir=d)
+    preset, ov = p["train"]
+    base = get_config(preset, **(ov | extra), progress=False, checkpoint=False)
+    n_exp = a.experts or base.num_experts
+    ft = {} if a.finetune_lr is None else dict(lr=a.finetune_lr)
+    cfgs = {"MoE": get_config(preset, **(ov | extra | ft | dict(num_experts=n_exp)), progress=False, checkpoint=False),
+            "dense": get_config(preset, **(ov | extra | ft | dict(num_experts=1)), progress=False, checkpoint=False)}
+    seeds = a.seeds or p["seeds"]
+    mlm_kw = dict(p["mlm"], max_len=base.max_len, mlm_prob=a.mlm_prob, steps=a.mlm_steps or p["mlm"]["steps"])
+    kinds = list(a.kinds) + (["upcycled MoE"] if a.upcycle and "upcycled MoE" not in a.kinds else [])
+
+    corpus = mlm_corpus(dsd)                                  # train reviews, minus those also in test
+    n_valid = max(1, len(corpus) // 100)                      # 1% of them measure the MLM loss
+    mlm_train, mlm_valid = corpus[n_valid:], corpus[:n_valid]
+    t0 = time.perf_counter(); tok = train_tokenizer(corpus, vocab_size=base.vocab_size); tok_s = time.perf_counter() - t0
+    V = tok.get_vocab_size()
+    print(f"corpus {len(corpus)} train reviews ({len(dsd['train']) - len(corpus)} dropped as test duplicates); "
+          f"tokenizer {V} tokens in {tok_s:.0f} s", flush=True)
+    rec = dict(experiment="experts_carry", preset=a.preset, seeds=seeds, num_experts=n_exp, kinds=kinds,
+               finetune_config={k: c.to_dict() for k, c in cfgs.items()}, mlm_settings=mlm_kw,
+               corpus=dict(reviews=len(mlm_train), valid_reviews=n_valid,
+                           dropped_test_duplicates=len(dsd["train"]) - len(corpus)),
+               tokenizer_time_s=tok_s, threads=torch.get_num_threads(), pretrain={}, runs=[], summary={},
+               reference=dict(nbsvm_ours=0.91476, switch_reference=0.8512, imdb_switch_cpu=0.86108, goal=0.88,
+                              goal_minutes=30), sample=tiny)
+    save = lambda: save_result(out, rec, wall_time_s=time.perf_counter() - t_start)
+    mlm = lambda model, steps, init_bias=True: pretrain_mlm(model, tok, mlm_train, **(mlm_kw | dict(steps=steps)),
+        valid_texts=mlm_valid, seed=0, progress=False, loss_fn=sparse_mlm_loss, init_bias=init_bias)
+
+    encoders = {}
+    for kind, key in (("pretrained dense", "dense"), ("pretrained MoE", "MoE")):
+        if kind not in kinds and not (key == "dense" and "upcycled MoE" in kinds): continue
+        torch.manual_seed(0); model = mlm_model(cfgs[key], V)
+        r = mlm(model, mlm_kw["steps"])
+        r.update(count_parameters(model)); rec["pretrain"][key] = r
+        encoders[kind] = encoder_state_dict(model); save_encoder(model, run_dir / key, tok)
+        print(f"MLM {key}: {r['steps']} steps in {r['wall_time_s']:.0f} s, valid loss {r['history'][-1]['valid_loss']:.3f}",
+              flush=True)
+        save()
+    if "upcycled MoE" in kinds:                               # dense for half the steps, then N experts for the rest
+        half = mlm_kw["steps"] // 2
+        torch.manual_seed(0); dense = mlm_model(cfgs["dense"], V)
+        r1 = mlm(dense, half)
+        up = upcycle(dense, n_exp, seed=0)
+        r2 = mlm(up, mlm_kw["steps"] - half, init_bias=False)           # the head keeps what it learned
+        rec["pretrain"]["upcycled"] = dict(dense_part=r1, moe_part=r2, wall_time_s=r1["wall_time_s"] + r2["wall_time_s"])
+        encoders["upcycled MoE"] = encoder_state_dict(up); save_encoder(up, run_dir / "upcycled", tok)
+        print(f"MLM upcycled: valid loss {r2['history'][-1]['valid_loss']:.3f}", flush=True); save()
+
+    pre_s = {"pretrained MoE": "MoE", "pretrained dense": "dense", "upcycled MoE": "upcycled"}
+    for seed in seeds:
+        for kind in kinds:
+            cfg = dataclasses.replace(cfgs["dense" if kind.endswith("dense") else "MoE"], seed=seed)
+            res = finetune(cfg, encoders.get(kind), tok=tok, dsd=dsd)
+            test = res.get("test") or {}
+            pre = rec["pretrain"].get(pre_s.get(kind, ""), {}).get("wall_time_s", 0.0)
+            row = dict(kind=kind, seed=seed, test_accuracy=test.get("accuracy"), test_f1=test.get("f1"),
+                       best=res.get("best"), finetune_s=res["wall_time_s"], pretrain_s=pre,
+                       pipeline_s=tok_s + pre + res["wall_time_s"], history=res.get("history"))
+            rec["runs"].append(row)
+            accs = [r["test_accuracy"] for r in rec["runs"] if r["kind"] == kind]
+            rec["summary"][kind] = mean_std(accs) | dict(pipeline_s=statistics.fmean(
+                r["pipeline_s"] for r in rec["runs"] if r["kind"] == kind))
+            print(f"seed {seed} {kind}: test accuracy {row['test_accuracy']:.4f} ({row['finetune_s']:.0f} s fine-tuning, "
+                  f"{row['pipeline_s'] / 60:.1f} min in all)", flush=True)
+            save()
+    save()
+    print(f"total {time.perf_counter() - t_start:.0f} s -> {out}")
+
+
+if __name__ == "__main__":
+    main()
