@@ -16,7 +16,7 @@ Writes results/experts_carry_<preset>.json (device, commit, wall time) after eve
 runs/experts_carry_<preset>/. The test split is touched only by the final evaluation of each fine-tuning run.
 """
 from __future__ import annotations
-import argparse, dataclasses, os, statistics, sys, time
+import argparse, dataclasses, json, os, statistics, sys, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,15 +52,18 @@ def main(argv=None):
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS) + ["upcycled MoE"])
     ap.add_argument("--upcycle", action="store_true", help="also pretrain and fine-tune an upcycled encoder")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared CPU)")
+    ap.add_argument("--encoders", default=None, help="fine-tune the encoders an earlier run saved in this folder "
+                    "(dense/, MoE/, upcycled/ with their tokenizer) instead of pretraining again")
+    ap.add_argument("--pretrain-record", default=None, help="with --encoders: that run's record, for its MLM curves and times")
     a = ap.parse_args(argv)
     import torch
-    from moe_course.batching import train_tokenizer
+    from moe_course.batching import load_tokenizer, train_tokenizer
     from moe_course.config import get_config
     from moe_course.core import save_result
     from moe_course.data import load_text_dataset
     from moe_course.experts_pay import sparse_mlm_loss
     from moe_course.pretrain import encoder_state_dict, finetune, mlm_corpus, mlm_model, pretrain_mlm, save_encoder, upcycle
-    from moe_course.transformer import count_parameters
+    from moe_course.transformer import count_parameters, load_encoder_file
     if a.threads: torch.set_num_threads(a.threads)
     t_start, p, tiny = time.perf_counter(), PRESETS[a.preset], a.preset == "tiny"
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "moe_course_experts_carry"
@@ -84,7 +87,10 @@ def main(argv=None):
     corpus = mlm_corpus(dsd)                                  # train reviews, minus those also in test
     n_valid = max(1, len(corpus) // 100)                      # 1% of them measure the MLM loss
     mlm_train, mlm_valid = corpus[n_valid:], corpus[:n_valid]
-    t0 = time.perf_counter(); tok = train_tokenizer(corpus, vocab_size=base.vocab_size); tok_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if a.encoders: tok = load_tokenizer(Path(a.encoders) / "dense" / "tokenizer.json")   # the encoders' own tokenizer
+    else: tok = train_tokenizer(corpus, vocab_size=base.vocab_size)
+    tok_s = time.perf_counter() - t0
     V = tok.get_vocab_size()
     print(f"corpus {len(corpus)} train reviews ({len(dsd['train']) - len(corpus)} dropped as test duplicates); "
           f"tokenizer {V} tokens in {tok_s:.0f} s", flush=True)
@@ -100,7 +106,15 @@ def main(argv=None):
         valid_texts=mlm_valid, seed=0, progress=False, loss_fn=sparse_mlm_loss, init_bias=init_bias)
 
     encoders = {}
-    for kind, key in (("pretrained dense", "dense"), ("pretrained MoE", "MoE")):
+    if a.encoders:                                            # reuse: no pretraining in this run
+        pre_rec = json.loads(Path(a.pretrain_record).read_text()) if a.pretrain_record else {}
+        rec["pretrain"], rec["encoders_from"] = pre_rec.get("pretrain", {}), pre_rec.get("commit")
+        rec["tokenizer_time_s"] = tok_s = pre_rec.get("tokenizer_time_s", tok_s)
+        for kind, key in (("pretrained dense", "dense"), ("pretrained MoE", "MoE"), ("upcycled MoE", "upcycled")):
+            if kind in kinds: encoders[kind] = load_encoder_file(Path(a.encoders) / key)[0]
+        kinds_to_pretrain = ()
+    else: kinds_to_pretrain = (("pretrained dense", "dense"), ("pretrained MoE", "MoE"))
+    for kind, key in kinds_to_pretrain:
         if kind not in kinds and not (key == "dense" and "upcycled MoE" in kinds): continue
         torch.manual_seed(0); model = mlm_model(cfgs[key], V)
         r = mlm(model, mlm_kw["steps"])
@@ -109,7 +123,7 @@ def main(argv=None):
         print(f"MLM {key}: {r['steps']} steps in {r['wall_time_s']:.0f} s, valid loss {r['history'][-1]['valid_loss']:.3f}",
               flush=True)
         save()
-    if "upcycled MoE" in kinds:                               # dense for half the steps, then N experts for the rest
+    if "upcycled MoE" in kinds and not a.encoders:            # dense for half the steps, then N experts for the rest
         half = mlm_kw["steps"] // 2
         torch.manual_seed(0); dense = mlm_model(cfgs["dense"], V)
         r1 = mlm(dense, half)

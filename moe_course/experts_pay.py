@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .moe import Switch
-from .pretrain import SwitchTransformerMLM, _copy_into_experts, mlm_corpus
+from .pretrain import SwitchTransformerMLM, mlm_corpus, upcycle
 from .transformer import MultiHeadSelfAttention, SwitchTransformerClassifier
 
 # %% auto #0
@@ -209,16 +209,8 @@ def top_bytes(counts: torch.Tensor, k: int = 8) -> list[list[str]]:
 
 # %% ../nbs/19_experts_pay.ipynb #39971737
 def upcycle_lm(dense: CausalLM, num_experts: int, seed: int = 0) -> CausalLM:
-    "Sparse upcycling: a `num_experts` copy of a dense CausalLM, every expert = the dense FFN, fresh routers."
-    if num_experts < 2: raise ValueError(f"upcycling needs num_experts >= 2, got {num_experts}")
-    if any(isinstance(m, Switch) for m in dense.modules()): raise ValueError("upcycle_lm expects a dense model")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        moe = CausalLM(**(dense.config | dict(num_experts=num_experts)))
-    res = moe.load_state_dict({k: v for k, v in dense.state_dict().items() if ".ffn." not in k}, strict=False)
-    assert not res.unexpected_keys and all(".ffn." in k for k in res.missing_keys), res
-    for bd, bm in zip(dense.blocks, moe.blocks): _copy_into_experts(bm.ffn, bd.ffn)
-    return moe
+    "Sparse upcycling of a dense CausalLM: chapter `pretrain`'s `upcycle` (every expert = the dense FFN, fresh routers)."
+    return upcycle(dense, num_experts, seed)
 
 # %% ../nbs/19_experts_pay.ipynb #c7a82330
 def merge_records(recs: list[dict]) -> dict:

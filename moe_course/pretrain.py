@@ -215,14 +215,13 @@ def expert_forward(switch: Switch, i: int, x: torch.Tensor) -> torch.Tensor:
     experts = switch.experts
     return experts.expert(i, x) if hasattr(experts, "expert") else experts[i](x)
 
-def upcycle(dense: SwitchTransformerMLM, num_experts: int, seed: int = 0, **overrides) -> SwitchTransformerMLM:
-    "An MoE copy of the dense MLM model: every expert of block l starts as block l's FFN; routers fresh."
+def upcycle(dense: nn.Module, num_experts: int, seed: int = 0, **overrides) -> nn.Module:
+    "An MoE copy of a dense model (any class rebuilt by `type(dense)(**dense.config)`): every expert of block l starts as block l's FFN; routers fresh."
     if num_experts < 2: raise ValueError(f"upcycling needs num_experts >= 2, got {num_experts}")
     if any(isinstance(m, Switch) for m in dense.modules()): raise ValueError("upcycle expects a dense model (num_experts=1)")
-    cfg = {k: v for k, v in dense.config.items() if k != "vocab_size"} | overrides | dict(num_experts=num_experts)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        moe = SwitchTransformerMLM(dense.config["vocab_size"], **cfg)
+        moe = type(dense)(**(dense.config | overrides | dict(num_experts=num_experts)))
     sd = {k: v for k, v in dense.state_dict().items() if ".ffn." not in k}
     res = moe.load_state_dict(sd, strict=False)
     assert not res.unexpected_keys and all(".ffn." in k for k in res.missing_keys), res
