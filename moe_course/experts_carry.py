@@ -137,10 +137,12 @@ def show_carry(path=None):
         a.axhline(rec["pretrain"]["dense"]["unigram_entropy"], ls=":", c="gray", lw=0.8)
         a.set(xlabel=xl, ylabel="MLM validation loss (nats)"); a.legend(fontsize=8)
     ax[0].set_title("unigram entropy dotted", fontsize=9)
-    for i, k in enumerate(s): ax[2].plot([i] * s[k]["n"], [100 * r["test_accuracy"] for r in rec["runs"] if r["kind"] == k], "o", alpha=0.7)
+    for i, k in enumerate(s):
+        ax[2].plot([i] * s[k]["n"], [100 * r["test_accuracy"] for r in rec["runs"] if r["kind"] == k], "o", alpha=0.7)
+        ax[2].plot(i, 100 * s[k]["mean"], "k_", ms=16)                   # the mean over seeds
     ref = rec["reference"]
     for y, lab in ((ref["nbsvm_ours"], "NBSVM"), (ref["goal"], "goal"), (ref["imdb_switch_cpu"], "imdb-switch-cpu"), (ref["switch_reference"], "reference")):
         ax[2].axhline(100 * y, ls="--", lw=0.8, c="gray"); ax[2].text(-0.4, 100 * y, lab, fontsize=7, va="bottom")
-    ax[2].set_xticks(range(len(s)), [k.replace(" ", "\n") for k in s], fontsize=7); ax[2].set(ylabel="IMDB test accuracy (%)")
+    ax[2].set_xticks(range(len(s)), [k.replace(" ", "\n") for k in s], fontsize=7); ax[2].set(ylabel="IMDB test accuracy (%)", title="one dot a seed, bar: mean")
     plt.tight_layout(); plt.show()
     return s

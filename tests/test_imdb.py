@@ -59,7 +59,7 @@ def test_load_results_missing_folder(tmp_path):
     assert load_imdb_results(tmp_path, ablations="imdb_ablations_cpu.json") == (None, dict(runs=[]))
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "results").glob("*.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "results").rglob("*.json")), ids=lambda p: str(p.relative_to(ROOT / "results")))
 def test_committed_results_are_stamped(path):
     "Every committed result says where, from which commit and how long it ran."
     rec = json.loads(path.read_text())
