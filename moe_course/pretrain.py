@@ -156,12 +156,14 @@ def pretrain_mlm(model: nn.Module, tok, texts, steps: int = 1000, batch_size: in
                  init_bias: bool = True) -> dict:
     """Masked-language-model training of `model` on `texts`; returns the loss history, steps done and wall time.
     `loss_fn(model, ids, labels, attention_mask, aux_weight) -> (loss, ce)` replaces the full-vocabulary head's loss;
-    `init_bias` starts the head's bias at the corpus's log unigram frequencies (step 0 = the frequency-only model)."""
+    `init_bias` starts the head's bias at the corpus's log unigram frequencies (step 0 = the frequency-only model);
+    turn it off to continue a model whose head has already trained (an upcycled one)."""
     from moe_course.config import get_config
     from moe_course.data import set_seed
     from moe_course.learner import make_accelerator
     from moe_course.optim import make_optimizer, make_scheduler
     if steps < 1: raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0 < mlm_prob < 1: raise ValueError(f"mlm_prob must be in (0, 1), got {mlm_prob}")   # before the model is touched
     loss_fn = loss_fn or (lambda m, x, lab, am, w: mlm_loss(m(x, am), lab, w))
     t0 = time.perf_counter(); set_seed(seed)
     V = tok.get_vocab_size()

@@ -186,8 +186,10 @@ def test_pretrain_mlm_with_the_sparse_head_trains_like_the_full_head():
         assert math.isclose(hf["train_loss"], hs["train_loss"], abs_tol=1e-4)
         assert math.isclose(hf["valid_loss"], hs["valid_loss"], abs_tol=1e-4)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(mf.state_dict().values(), ms.state_dict().values()))
+    bias = mf.mlm_bias.detach().clone()
     with pytest.raises(ValueError, match="mlm_prob"):
         pretrain_mlm(mf, tok, corpus[:40], steps=1, batch_size=16, max_len=48, mlm_prob=1.5, progress=False)
+    assert torch.equal(mf.mlm_bias, bias)                              # refused before the model was touched
 
 
 def test_experts_carry_script_tiny(tmp_path):
