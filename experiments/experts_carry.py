@@ -16,7 +16,7 @@ Writes results/experts_carry_<preset>.json (device, commit, wall time) after eve
 runs/experts_carry_<preset>/. The test split is touched only by the final evaluation of each fine-tuning run.
 """
 from __future__ import annotations
-import argparse, dataclasses, json, os, statistics, sys, time
+import argparse, dataclasses, json, os, sys, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,10 +33,6 @@ PRESETS = {
                 mlm=dict(steps=20000, batch_size=64, lr=1e-3, eval_every=1000), seeds=[0, 1, 2]),
 }
 KINDS = ("pretrained MoE", "pretrained dense", "scratch MoE", "scratch dense")
-
-
-def mean_std(xs):
-    return dict(mean=statistics.fmean(xs), std=statistics.stdev(xs) if len(xs) > 1 else 0.0, n=len(xs))
 
 
 def main(argv=None):
@@ -61,6 +57,7 @@ def main(argv=None):
     from moe_course.config import get_config
     from moe_course.core import save_result
     from moe_course.data import load_text_dataset
+    from moe_course.experts_carry import carry_summary
     from moe_course.experts_pay import sparse_mlm_loss
     from moe_course.pretrain import encoder_state_dict, finetune, mlm_corpus, mlm_model, pretrain_mlm, save_encoder, upcycle
     from moe_course.transformer import count_parameters, load_encoder_file
@@ -144,9 +141,7 @@ def main(argv=None):
                        best=res.get("best"), finetune_s=res["wall_time_s"], pretrain_s=pre,
                        pipeline_s=tok_s + pre + res["wall_time_s"], history=res.get("history"))
             rec["runs"].append(row)
-            accs = [r["test_accuracy"] for r in rec["runs"] if r["kind"] == kind]
-            rec["summary"][kind] = mean_std(accs) | dict(pipeline_s=statistics.fmean(
-                r["pipeline_s"] for r in rec["runs"] if r["kind"] == kind))
+            rec["summary"] = carry_summary(rec)              # chapter 20: mean, std, n, seconds of a pipeline
             print(f"seed {seed} {kind}: test accuracy {row['test_accuracy']:.4f} ({row['finetune_s']:.0f} s fine-tuning, "
                   f"{row['pipeline_s'] / 60:.1f} min in all)", flush=True)
             save()
