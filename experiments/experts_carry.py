@@ -49,6 +49,7 @@ def main(argv=None):
     ap.add_argument("--mlm-prob", type=float, default=0.15, help="share of tokens masked (Wettig et al. 2023)")
     ap.add_argument("--experts", type=int, default=None, help="N of the MoE (default: the preset's num_experts)")
     ap.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning lr (default: the preset's)")
+    ap.add_argument("--finetune-epochs", type=int, default=None, help="fine-tuning epochs (default: the preset's)")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS) + ["upcycled MoE"])
     ap.add_argument("--upcycle", action="store_true", help="also pretrain and fine-tune an upcycled encoder")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared CPU)")
@@ -78,7 +79,7 @@ def main(argv=None):
     preset, ov = p["train"]
     base = get_config(preset, **(ov | extra), progress=False, checkpoint=False)
     n_exp = a.experts or base.num_experts
-    ft = {} if a.finetune_lr is None else dict(lr=a.finetune_lr)
+    ft = {k: v for k, v in (("lr", a.finetune_lr), ("epochs", a.finetune_epochs)) if v is not None}
     cfgs = {"MoE": get_config(preset, **(ov | extra | ft | dict(num_experts=n_exp)), progress=False, checkpoint=False),
             "dense": get_config(preset, **(ov | extra | ft | dict(num_experts=1)), progress=False, checkpoint=False)}
     seeds = a.seeds or p["seeds"]

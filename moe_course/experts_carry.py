@@ -14,7 +14,7 @@ from .experts_pay import CausalLM, LMOutput, LMRun
 
 # %% auto #0
 __all__ = ['KINDS', 'byte_ids', 'ByteClassifier', 'finetune_bytes', 'finetune_summary', 'show_finetune', 'carry_summary',
-           'show_carry']
+           'paired_gaps', 'show_carry']
 
 # %% ../nbs/20_experts_carry.ipynb #bdbb022b
 def byte_ids(texts, length: int) -> torch.Tensor:
@@ -105,6 +105,11 @@ def carry_summary(rec: dict) -> dict:
     "`finetune_summary` of an experts_carry record; `seconds` = tokenizer + pretraining + fine-tuning of one run."
     return finetune_summary([r | dict(seconds=r["pipeline_s"]) for r in rec["runs"]])
 
+def paired_gaps(rec: dict, a: str = "scratch MoE", b: str = "scratch dense") -> dict:
+    "{seed: accuracy of kind `a` - accuracy of kind `b`} over the seeds both ran; a seed fixes the validation split too."
+    acc = {(r["kind"], r["seed"]): r["test_accuracy"] for r in rec["runs"]}
+    return {sd: acc[(a, sd)] - acc[(b, sd)] for k, sd in acc if k == a and (b, sd) in acc}
+
 def _mlm_curves(rec: dict) -> dict:
     "{name: (steps, seconds, valid loss)} of the record's MLM runs; the upcycled run continues its dense part."
     out = {}
@@ -123,7 +128,9 @@ def show_carry(path=None):
     from pathlib import Path
     from moe_course.core import results_dir
     p = Path(path) if path is not None else results_dir() / "experts_carry_cpu.json"
-    if not p.exists(): print(f"No record yet: run experiments/experts_carry.py --preset cpu (looked for {p.name})"); return None
+    if not p.exists():
+        print(f"No record yet: run experiments/experts_carry.py --preset {p.stem.removeprefix('experts_carry_')} (looked for {p.name})")
+        return None
     rec = json.loads(p.read_text()); s, m, curves = carry_summary(rec), rec["mlm_settings"], _mlm_curves(rec)
     print(f"commit {rec['commit'][:7]}, {rec['wall_time_s'] / 60:.0f} min in all, {rec['threads']} threads; MLM: "
           f"{m['steps']} steps of {m['batch_size']} x {m['max_len']} tokens, {100 * m['mlm_prob']:.0f}% masked")
@@ -131,6 +138,8 @@ def show_carry(path=None):
     for k, v in s.items():
         accs = ", ".join(f"{100 * r['test_accuracy']:.2f}" for r in rec["runs"] if r["kind"] == k)
         print(f"{k:>17}: {100 * v['mean']:.2f} ± {100 * v['std']:.2f}% ({accs}); {v['seconds'] / 60:.1f} min per run in all")
+    for a, b in (("scratch MoE", "scratch dense"), ("pretrained MoE", "pretrained dense"), ("pretrained MoE", "scratch MoE")):
+        if g := paired_gaps(rec, a, b): print(f"{a} - {b}, seed by seed: " + ", ".join(f"{100 * x:+.2f}" for x in g.values()) + " points")
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
     for k, (xs, ts, ys) in curves.items(): ax[0].plot(xs, ys, ".-", label=k); ax[1].plot(ts, ys, ".-", label=k)
     for a, xl in zip(ax[:2], ("MLM step", "seconds")):

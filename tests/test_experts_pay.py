@@ -209,8 +209,10 @@ def test_experts_carry_script_tiny(tmp_path):
     again = tmp_path / "c2.json"                               # fine-tune the saved encoders again, no pretraining
     subprocess.run([sys.executable, str(ROOT / "experiments/experts_carry.py"), "--preset", "tiny", "--out", str(again),
                     "--encoders", str(tmp_path / "moe_course_experts_carry" / "experts_carry_tiny"), "--pretrain-record",
-                    str(out), "--kinds", "pretrained MoE", "--seeds", "0", "--finetune-lr", "0.001"],
+                    str(out), "--kinds", "pretrained MoE", "--seeds", "0", "--finetune-lr", "0.001",
+                    "--finetune-epochs", "2"],
                    check=True, capture_output=True, cwd=tmp_path, env=os.environ | dict(TMPDIR=str(tmp_path)))
     r2 = json.loads(again.read_text())
     assert r2["pretrain"] == r["pretrain"] and r2["encoders_from"] == r["commit"] and r2["finetune_config"]["MoE"]["lr"] == 0.001
+    assert r2["finetune_config"]["MoE"]["epochs"] == 2 != r["finetune_config"]["MoE"]["epochs"] and len(r2["runs"][0]["history"]) == 2
     assert [x["kind"] for x in r2["runs"]] == ["pretrained MoE"] and r2["runs"][0]["pretrain_s"] == r["pretrain"]["MoE"]["wall_time_s"]
