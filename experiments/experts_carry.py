@@ -50,6 +50,8 @@ def main(argv=None):
     ap.add_argument("--experts", type=int, default=None, help="N of the MoE (default: the preset's num_experts)")
     ap.add_argument("--finetune-lr", type=float, default=None, help="fine-tuning lr (default: the preset's)")
     ap.add_argument("--finetune-epochs", type=int, default=None, help="fine-tuning epochs (default: the preset's)")
+    ap.add_argument("--emb-std", type=float, default=None, help="start every token embedding at N(0, std^2) instead of "
+                    "the library's N(0, 1), e.g. 0.02 as BERT does (Adam moves each weight by about lr a step)")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS) + ["upcycled MoE"])
     ap.add_argument("--upcycle", action="store_true", help="also pretrain and fine-tune an upcycled encoder")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared CPU)")
@@ -96,7 +98,7 @@ def main(argv=None):
     V = tok.get_vocab_size()
     print(f"corpus {len(corpus)} train reviews ({len(dsd['train']) - len(corpus)} dropped as test duplicates); "
           f"tokenizer {V} tokens in {tok_s:.0f} s", flush=True)
-    rec = dict(experiment="experts_carry", preset=a.preset, seeds=seeds, num_experts=n_exp, kinds=kinds,
+    rec = dict(experiment="experts_carry", preset=a.preset, emb_std=a.emb_std, seeds=seeds, num_experts=n_exp, kinds=kinds,
                finetune_config={k: c.to_dict() for k, c in cfgs.items()}, mlm_settings=mlm_kw,
                corpus=dict(reviews=len(mlm_train), valid_reviews=n_valid,
                            dropped_test_duplicates=len(dsd["train"]) - len(corpus)),
@@ -106,6 +108,14 @@ def main(argv=None):
     save = lambda: save_result(out, rec, wall_time_s=time.perf_counter() - t_start)
     mlm = lambda model, steps, init_bias=True: pretrain_mlm(model, tok, mlm_train, **(mlm_kw | dict(steps=steps)),
         valid_texts=mlm_valid, seed=0, progress=False, loss_fn=sparse_mlm_loss, init_bias=init_bias)
+
+    def emb_init(model, seed):                                # --emb-std: a smaller start of the token embedding
+        if a.emb_std is None: return model
+        w, g = model.embedding.tok_emb.weight, torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            w.copy_(torch.randn(w.shape, generator=g) * a.emb_std)
+            if (pad := model.embedding.tok_emb.padding_idx) is not None: w[pad] = 0      # the padding row stays 0
+        return model
 
     encoders = {}
     if a.encoders:                                            # reuse: no pretraining in this run
@@ -118,7 +128,7 @@ def main(argv=None):
     else: kinds_to_pretrain = (("pretrained dense", "dense"), ("pretrained MoE", "MoE"))
     for kind, key in kinds_to_pretrain:
         if kind not in kinds and not (key == "dense" and "upcycled MoE" in kinds): continue
-        torch.manual_seed(0); model = mlm_model(cfgs[key], V)
+        torch.manual_seed(0); model = emb_init(mlm_model(cfgs[key], V), 0)
         r = mlm(model, mlm_kw["steps"])
         r.update(count_parameters(model)); rec["pretrain"][key] = r
         encoders[kind] = encoder_state_dict(model); save_encoder(model, run_dir / key, tok)
@@ -127,7 +137,7 @@ def main(argv=None):
         save()
     if "upcycled MoE" in kinds and not a.encoders:            # dense for half the steps, then N experts for the rest
         half = mlm_kw["steps"] // 2
-        torch.manual_seed(0); dense = mlm_model(cfgs["dense"], V)
+        torch.manual_seed(0); dense = emb_init(mlm_model(cfgs["dense"], V), 0)
         r1 = mlm(dense, half)
         up = upcycle(dense, n_exp, seed=0)
         r2 = mlm(up, mlm_kw["steps"] - half, init_bias=False)           # the head keeps what it learned
@@ -139,7 +149,12 @@ def main(argv=None):
     for seed in seeds:
         for kind in kinds:
             cfg = dataclasses.replace(cfgs["dense" if kind.endswith("dense") else "MoE"], seed=seed)
-            res = finetune(cfg, encoders.get(kind), tok=tok, dsd=dsd)
+            enc = encoders.get(kind)
+            if enc is None and a.emb_std is not None:       # from scratch, but with the same small embedding start
+                from moe_course.data import set_seed
+                from moe_course.imdb import build_model
+                set_seed(seed); enc = encoder_state_dict(emb_init(build_model(cfg, V, 2), seed))
+            res = finetune(cfg, enc, tok=tok, dsd=dsd)
             test = res.get("test") or {}
             pre = rec["pretrain"].get(pre_s.get(kind, ""), {}).get("wall_time_s", 0.0)
             row = dict(kind=kind, seed=seed, test_accuracy=test.get("accuracy"), test_f1=test.get("f1"),
