@@ -14,7 +14,7 @@ from .experts_pay import CausalLM, LMOutput, LMRun
 
 # %% auto #0
 __all__ = ['KINDS', 'byte_ids', 'ByteClassifier', 'finetune_bytes', 'finetune_summary', 'show_finetune', 'carry_summary',
-           'paired_gaps', 'show_carry']
+           'paired_gaps', 'show_carry', 'embedding_drift']
 
 # %% ../nbs/20_experts_carry.ipynb #bdbb022b
 def byte_ids(texts, length: int) -> torch.Tensor:
@@ -155,3 +155,10 @@ def show_carry(path=None):
     ax[2].set_xticks(range(len(s)), [k.replace(" ", "\n") for k in s], fontsize=7); ax[2].set(ylabel="IMDB test accuracy (%)", title="one dot a seed, bar: mean")
     plt.tight_layout(); plt.show()
     return s
+
+# %% ../nbs/20_experts_carry.ipynb #1a6c3f88
+def embedding_drift(before: torch.Tensor, after: torch.Tensor) -> dict:
+    "Mean cosine of each row's start and end, and mean ||after - before|| / ||before||, over the rows not started at 0."
+    keep = before.norm(dim=1) > 0                                      # the padding row starts (and stays) at 0
+    b, a = before[keep], after[keep]
+    return dict(cos=F.cosine_similarity(b, a, dim=1).mean().item(), rel=((a - b).norm(dim=1) / b.norm(dim=1)).mean().item())

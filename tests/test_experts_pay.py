@@ -216,3 +216,17 @@ def test_experts_carry_script_tiny(tmp_path):
     assert r2["pretrain"] == r["pretrain"] and r2["encoders_from"] == r["commit"] and r2["finetune_config"]["MoE"]["lr"] == 0.001
     assert r2["finetune_config"]["MoE"]["epochs"] == 2 != r["finetune_config"]["MoE"]["epochs"] and len(r2["runs"][0]["history"]) == 2
     assert [x["kind"] for x in r2["runs"]] == ["pretrained MoE"] and r2["runs"][0]["pretrain_s"] == r["pretrain"]["MoE"]["wall_time_s"]
+
+
+def test_experts_carry_script_emb_std(tmp_path):
+    "--emb-std starts the pretrained encoder's token embedding at N(0, std^2) (BERT's 0.02), not N(0, 1)."
+    import os
+    from moe_course.transformer import load_encoder_file
+    out = tmp_path / "e.json"
+    subprocess.run([sys.executable, str(ROOT / "experiments/experts_carry.py"), "--preset", "tiny", "--out", str(out),
+                    "--emb-std", "0.02", "--mlm-steps", "2", "--kinds", "pretrained dense", "scratch dense", "--seeds", "0"],
+                   check=True, capture_output=True, cwd=tmp_path, env=os.environ | dict(TMPDIR=str(tmp_path)))
+    r = json.loads(out.read_text())
+    assert r["emb_std"] == 0.02 and [x["kind"] for x in r["runs"]] == ["pretrained dense", "scratch dense"]
+    emb = load_encoder_file(tmp_path / "moe_course_experts_carry" / "experts_carry_tiny" / "dense")[0]["embedding.tok_emb.weight"]
+    assert 0.01 < emb.std().item() < 0.05            # from N(0, 0.02^2); 2 AdamW steps at lr 3e-3 move a weight <= ~0.006
