@@ -12,6 +12,7 @@ Then each encoder, and the same shapes from scratch, is fine-tuned with the pres
     python experiments/experts_carry.py --preset cpu             # full IMDB, the 2-core CPU (about 50 minutes)
     python experiments/experts_carry.py --preset cpu --upcycle   # + the upcycled encoder (about 15 minutes more)
     python experiments/experts_carry.py --preset cpu-long        # 768 tokens, whole reviews (69 minutes here)
+    python experiments/experts_carry.py --preset cpu-long --emb-std 0.02 --pos-std 0.02   # BERT's small start
 
 Writes results/experts_carry_<preset>.json (device, commit, wall time) after every stage; encoders go to
 runs/experts_carry_<preset>/. The test split is touched only by the final evaluation of each fine-tuning run.
@@ -52,6 +53,8 @@ def main(argv=None):
     ap.add_argument("--finetune-epochs", type=int, default=None, help="fine-tuning epochs (default: the preset's)")
     ap.add_argument("--emb-std", type=float, default=None, help="start every token embedding at N(0, std^2) instead of "
                     "the library's N(0, 1), e.g. 0.02 as BERT does (Adam moves each weight by about lr a step)")
+    ap.add_argument("--pos-std", type=float, default=None, help="with --emb-std: start the position embedding at N(0, std^2) "
+                    "too (BERT starts both at 0.02; a N(0, 1) position table drowns small token rows)")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS) + ["upcycled MoE"])
     ap.add_argument("--upcycle", action="store_true", help="also pretrain and fine-tune an upcycled encoder")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared CPU)")
@@ -59,6 +62,7 @@ def main(argv=None):
                     "(dense/, MoE/, upcycled/ with their tokenizer) instead of pretraining again")
     ap.add_argument("--pretrain-record", default=None, help="with --encoders: that run's record, for its MLM curves and times")
     a = ap.parse_args(argv)
+    if a.pos_std is not None and a.emb_std is None: ap.error("--pos-std needs --emb-std")
     import torch
     from moe_course.batching import load_tokenizer, train_tokenizer
     from moe_course.config import get_config
@@ -98,7 +102,7 @@ def main(argv=None):
     V = tok.get_vocab_size()
     print(f"corpus {len(corpus)} train reviews ({len(dsd['train']) - len(corpus)} dropped as test duplicates); "
           f"tokenizer {V} tokens in {tok_s:.0f} s", flush=True)
-    rec = dict(experiment="experts_carry", preset=a.preset, emb_std=a.emb_std, seeds=seeds, num_experts=n_exp, kinds=kinds,
+    rec = dict(experiment="experts_carry", preset=a.preset, emb_std=a.emb_std, pos_std=a.pos_std, seeds=seeds, num_experts=n_exp, kinds=kinds,
                finetune_config={k: c.to_dict() for k, c in cfgs.items()}, mlm_settings=mlm_kw,
                corpus=dict(reviews=len(mlm_train), valid_reviews=n_valid,
                            dropped_test_duplicates=len(dsd["train"]) - len(corpus)),
@@ -109,12 +113,14 @@ def main(argv=None):
     mlm = lambda model, steps, init_bias=True: pretrain_mlm(model, tok, mlm_train, **(mlm_kw | dict(steps=steps)),
         valid_texts=mlm_valid, seed=0, progress=False, loss_fn=sparse_mlm_loss, init_bias=init_bias)
 
-    def emb_init(model, seed):                                # --emb-std: a smaller start of the token embedding
+    def emb_init(model, seed):                                # --emb-std (--pos-std): a smaller start of the embeddings
         if a.emb_std is None: return model
         w, g = model.embedding.tok_emb.weight, torch.Generator().manual_seed(seed)
         with torch.no_grad():
             w.copy_(torch.randn(w.shape, generator=g) * a.emb_std)
             if (pad := model.embedding.tok_emb.padding_idx) is not None: w[pad] = 0      # the padding row stays 0
+            if a.pos_std is not None:                         # drawn after the token table, from the same generator
+                q = model.embedding.pos_emb.weight; q.copy_(torch.randn(q.shape, generator=g) * a.pos_std)
         return model
 
     encoders = {}

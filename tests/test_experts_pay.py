@@ -224,9 +224,18 @@ def test_experts_carry_script_emb_std(tmp_path):
     from moe_course.transformer import load_encoder_file
     out = tmp_path / "e.json"
     subprocess.run([sys.executable, str(ROOT / "experiments/experts_carry.py"), "--preset", "tiny", "--out", str(out),
-                    "--emb-std", "0.02", "--mlm-steps", "2", "--kinds", "pretrained dense", "scratch dense", "--seeds", "0"],
-                   check=True, capture_output=True, cwd=tmp_path, env=os.environ | dict(TMPDIR=str(tmp_path)))
+                    "--emb-std", "0.02", "--pos-std", "0.02", "--mlm-steps", "2", "--kinds", "pretrained dense", "scratch dense",
+                    "--seeds", "0"], check=True, capture_output=True, cwd=tmp_path, env=os.environ | dict(TMPDIR=str(tmp_path)))
     r = json.loads(out.read_text())
-    assert r["emb_std"] == 0.02 and [x["kind"] for x in r["runs"]] == ["pretrained dense", "scratch dense"]
+    assert r["emb_std"] == 0.02 and r["pos_std"] == 0.02 and [x["kind"] for x in r["runs"]] == ["pretrained dense", "scratch dense"]
     emb = load_encoder_file(tmp_path / "moe_course_experts_carry" / "experts_carry_tiny" / "dense")[0]["embedding.tok_emb.weight"]
     assert 0.01 < emb.std().item() < 0.05            # from N(0, 0.02^2); 2 AdamW steps at lr 3e-3 move a weight <= ~0.006
+    pos = load_encoder_file(tmp_path / "moe_course_experts_carry" / "experts_carry_tiny" / "dense")[0]["embedding.pos_emb.weight"]
+    assert 0.01 < pos.std().item() < 0.05            # --pos-std: the position table starts small too
+
+
+def test_experts_carry_script_pos_std_needs_emb_std(tmp_path):
+    "--pos-std alone is refused before any work (it only refines --emb-std's small start)."
+    r = subprocess.run([sys.executable, str(ROOT / "experiments/experts_carry.py"), "--preset", "tiny", "--pos-std", "0.02",
+                        "--out", str(tmp_path / "e.json")], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "--pos-std needs --emb-std" in r.stderr and not (tmp_path / "e.json").exists()
