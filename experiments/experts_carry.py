@@ -12,7 +12,7 @@ Then each encoder, and the same shapes from scratch, is fine-tuned with the pres
     python experiments/experts_carry.py --preset cpu             # full IMDB, the 2-core CPU (about 50 minutes)
     python experiments/experts_carry.py --preset cpu --upcycle   # + the upcycled encoder (about 15 minutes more)
     python experiments/experts_carry.py --preset cpu-long        # 768 tokens, whole reviews (69 minutes here)
-    python experiments/experts_carry.py --preset cpu-long --emb-std 0.02 --pos-std 0.02   # BERT's small start
+    python experiments/experts_carry.py --preset cpu-long --emb-std 0.02 --pos-std 0.02   # BERT's start (57 minutes)
 
 Writes results/experts_carry_<preset>.json (device, commit, wall time) after every stage; encoders go to
 runs/experts_carry_<preset>/. The test split is touched only by the final evaluation of each fine-tuning run.
