@@ -67,7 +67,8 @@ def main(argv=None):
     from moe_course.batching import load_tokenizer, train_tokenizer
     from moe_course.config import get_config
     from moe_course.core import save_result
-    from moe_course.data import load_text_dataset
+    from moe_course.data import load_text_dataset, set_seed
+    from moe_course.imdb import build_model
     from moe_course.experts_carry import carry_summary
     from moe_course.experts_pay import sparse_mlm_loss
     from moe_course.pretrain import encoder_state_dict, finetune, mlm_corpus, mlm_model, pretrain_mlm, save_encoder, upcycle
@@ -157,8 +158,6 @@ def main(argv=None):
             cfg = dataclasses.replace(cfgs["dense" if kind.endswith("dense") else "MoE"], seed=seed)
             enc = encoders.get(kind)
             if enc is None and a.emb_std is not None:       # from scratch, but with the same small embedding start
-                from moe_course.data import set_seed
-                from moe_course.imdb import build_model
                 set_seed(seed); enc = encoder_state_dict(emb_init(build_model(cfg, V, 2), seed))
             res = finetune(cfg, enc, tok=tok, dsd=dsd)
             test = res.get("test") or {}
