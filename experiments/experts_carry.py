@@ -13,6 +13,8 @@ Then each encoder, and the same shapes from scratch, is fine-tuned with the pres
     python experiments/experts_carry.py --preset cpu --upcycle   # + the upcycled encoder (about 15 minutes more)
     python experiments/experts_carry.py --preset cpu-long        # 768 tokens, whole reviews (69 minutes here)
     python experiments/experts_carry.py --preset cpu-long --emb-std 0.02 --pos-std 0.02   # BERT's start (57 minutes)
+    python experiments/experts_carry.py --preset cpu-long --emb-std 0.02 --pos-std 0.02 --encoder-lr-mult 0.25 \
+        --encoders runs/experts_carry_cpu-long --pretrain-record results/experts_carry_cpu-long_small.json   # ULMFiT's rates
 
 Writes results/experts_carry_<preset>.json (device, commit, wall time) after every stage; encoders go to
 runs/experts_carry_<preset>/. The test split is touched only by the final evaluation of each fine-tuning run.
@@ -55,6 +57,8 @@ def main(argv=None):
                     "the library's N(0, 1), e.g. 0.02 as BERT does (Adam moves each weight by about lr a step)")
     ap.add_argument("--pos-std", type=float, default=None, help="with --emb-std: start the position embedding at N(0, std^2) "
                     "too (BERT starts both at 0.02; a N(0, 1) position table drowns small token rows)")
+    ap.add_argument("--encoder-lr-mult", type=float, default=None, help="fine-tune every kind with the encoder at this "
+                    "multiple of the lr and the head at the lr (ULMFiT's discriminative fine-tuning), e.g. 0.25")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS) + ["upcycled MoE"])
     ap.add_argument("--upcycle", action="store_true", help="also pretrain and fine-tune an upcycled encoder")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared CPU)")
@@ -63,13 +67,14 @@ def main(argv=None):
     ap.add_argument("--pretrain-record", default=None, help="with --encoders: that run's record, for its MLM curves and times")
     a = ap.parse_args(argv)
     if a.pos_std is not None and a.emb_std is None: ap.error("--pos-std needs --emb-std")
+    if a.encoder_lr_mult is not None and not a.encoder_lr_mult > 0: ap.error("--encoder-lr-mult must be > 0")
     import torch
     from moe_course.batching import load_tokenizer, train_tokenizer
     from moe_course.config import get_config
     from moe_course.core import save_result
     from moe_course.data import load_text_dataset, set_seed
     from moe_course.imdb import build_model
-    from moe_course.experts_carry import carry_summary
+    from moe_course.experts_carry import DiscriminativeLR, carry_summary
     from moe_course.experts_pay import sparse_mlm_loss
     from moe_course.pretrain import encoder_state_dict, finetune, mlm_corpus, mlm_model, pretrain_mlm, save_encoder, upcycle
     from moe_course.transformer import count_parameters, load_encoder_file
@@ -103,7 +108,8 @@ def main(argv=None):
     V = tok.get_vocab_size()
     print(f"corpus {len(corpus)} train reviews ({len(dsd['train']) - len(corpus)} dropped as test duplicates); "
           f"tokenizer {V} tokens in {tok_s:.0f} s", flush=True)
-    rec = dict(experiment="experts_carry", preset=a.preset, emb_std=a.emb_std, pos_std=a.pos_std, seeds=seeds, num_experts=n_exp, kinds=kinds,
+    rec = dict(experiment="experts_carry", preset=a.preset, emb_std=a.emb_std, pos_std=a.pos_std, encoder_lr_mult=a.encoder_lr_mult,
+               seeds=seeds, num_experts=n_exp, kinds=kinds,
                finetune_config={k: c.to_dict() for k, c in cfgs.items()}, mlm_settings=mlm_kw,
                corpus=dict(reviews=len(mlm_train), valid_reviews=n_valid,
                            dropped_test_duplicates=len(dsd["train"]) - len(corpus)),
@@ -159,7 +165,8 @@ def main(argv=None):
             enc = encoders.get(kind)
             if enc is None and a.emb_std is not None:       # from scratch, but with the same small embedding start
                 set_seed(seed); enc = encoder_state_dict(emb_init(build_model(cfg, V, 2), seed))
-            res = finetune(cfg, enc, tok=tok, dsd=dsd)
+            cbs = [DiscriminativeLR(a.encoder_lr_mult)] if a.encoder_lr_mult is not None else []   # every kind alike
+            res = finetune(cfg, enc, tok=tok, dsd=dsd, callbacks=cbs)
             test = res.get("test") or {}
             pre = rec["pretrain"].get(pre_s.get(kind, ""), {}).get("wall_time_s", 0.0)
             row = dict(kind=kind, seed=seed, test_accuracy=test.get("accuracy"), test_f1=test.get("f1"),

@@ -11,10 +11,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .experts_pay import CausalLM, LMOutput, LMRun
+from .learner import Callback
 
 # %% auto #0
 __all__ = ['KINDS', 'byte_ids', 'ByteClassifier', 'finetune_bytes', 'finetune_summary', 'show_finetune', 'carry_summary',
-           'paired_gaps', 'show_carry', 'embedding_drift']
+           'paired_gaps', 'show_carry', 'embedding_drift', 'DiscriminativeLR']
 
 # %% ../nbs/20_experts_carry.ipynb #bdbb022b
 def byte_ids(texts, length: int) -> torch.Tensor:
@@ -162,3 +163,14 @@ def embedding_drift(before: torch.Tensor, after: torch.Tensor) -> dict:
     keep = before.norm(dim=1) > 0                                      # the padding row starts (and stays) at 0
     b, a = before[keep], after[keep]
     return dict(cos=F.cosine_similarity(b, a, dim=1).mean().item(), rel=((a - b).norm(dim=1) / b.norm(dim=1)).mean().item())
+
+# %% ../nbs/20_experts_carry.ipynb #06a1c935
+class DiscriminativeLR(Callback):
+    "Fine-tune at `mult` x lr everywhere but in the parameters whose names start with `keep` (the new head)."
+    def __init__(self, mult: float = 0.25, keep=("head.",)):
+        if not mult > 0: raise ValueError(f"mult must be > 0, got {mult}")
+        self.mult, self.keep = mult, tuple(keep)
+    def before_fit(self, learn):
+        # eta_p = eta for the head, mult * eta for every pretrained parameter p
+        learn.lr_mult = lambda name: 1.0 if name.startswith(self.keep) else self.mult
+

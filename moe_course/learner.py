@@ -53,6 +53,7 @@ class Learner:
         self.out = Path(out_dir) if out_dir is not None else None
         self.acc = self.opt = self.sched = self.step_sched = None
         self.ckpt, self.ckpt_per_rank = None, False   # the checkpoint callback's file; expert parallelism: one per rank
+        self.lr_mult = None   # name -> multiplier of cfg.lr (make_optimizer); a callback may set it in before_fit
 
     def __call__(self, event: str): run_cbs(self.cbs, event, self)
 
@@ -207,7 +208,7 @@ def fit(self: Learner) -> dict:
     if self.acc is None: self.acc = make_accelerator(cfg, "fp32")
     acc = self.acc; set_seed(cfg.seed)
     if self.out is not None and acc.is_main_process: self.out.mkdir(parents=True, exist_ok=True)
-    self.opt = make_optimizer(self.model, cfg)
+    self.opt = make_optimizer(self.model, cfg, self.lr_mult)
     self.model, self.opt, self.train_dl, self.valid_dl = acc.prepare(self.model, self.opt, self.loaders["train"], self.loaders["valid"])
     self.test_dl = acc.prepare(self.loaders["test"]) if self.loaders.get("test") is not None else None
     self.raw = acc.unwrap_model(self.model)

@@ -237,8 +237,8 @@ def mlm_model(cfg, vocab_size: int, **overrides) -> SwitchTransformerMLM:
             "dispatch", "norm", "dropout", "noise_std")
     return SwitchTransformerMLM(vocab_size, **({k: getattr(cfg, k) for k in keys} | overrides))
 
-def finetune(cfg, encoder=None, tok=None, dsd=None, dls=None, out_dir=None) -> dict:
-    "Fine-tune a classifier built from `cfg`, its encoder loaded from `encoder` (dict or folder) when given."
+def finetune(cfg, encoder=None, tok=None, dsd=None, dls=None, out_dir=None, callbacks=()) -> dict:
+    "Fine-tune a classifier built from `cfg`, its encoder loaded from `encoder` (dict or folder) when given; `callbacks` go to `fit`."
     from moe_course.data import set_seed
     from moe_course.imdb import build_loaders, build_model
     from moe_course.learner import fit
@@ -248,7 +248,7 @@ def finetune(cfg, encoder=None, tok=None, dsd=None, dls=None, out_dir=None) -> d
     set_seed(cfg.seed)
     model = build_model(cfg, dls["tokenizer"].get_vocab_size(), dls["num_classes"])
     missing = load_encoder(model, encoder) if encoder is not None else None
-    res = fit(model, dls, cfg, out_dir=out_dir)
+    res = fit(model, dls, cfg, out_dir=out_dir, callbacks=callbacks)
     res.update(params=count_parameters(model), pretrained=encoder is not None, missing_keys=missing,
                wall_time_s=time.perf_counter() - t0)
     return res
