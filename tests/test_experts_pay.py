@@ -225,9 +225,9 @@ def test_experts_carry_script_emb_std(tmp_path):
     out = tmp_path / "e.json"
     subprocess.run([sys.executable, str(ROOT / "experiments/experts_carry.py"), "--preset", "tiny", "--out", str(out),
                     "--emb-std", "0.02", "--pos-std", "0.02", "--mlm-steps", "2", "--kinds", "pretrained dense", "scratch dense",
-                    "--seeds", "0"], check=True, capture_output=True, cwd=tmp_path, env=os.environ | dict(TMPDIR=str(tmp_path)))
+                    "--seeds", "0", "--encoder-lr-mult", "0.25"], check=True, capture_output=True, cwd=tmp_path, env=os.environ | dict(TMPDIR=str(tmp_path)))
     r = json.loads(out.read_text())
-    assert r["emb_std"] == 0.02 and r["pos_std"] == 0.02 and [x["kind"] for x in r["runs"]] == ["pretrained dense", "scratch dense"]
+    assert r["encoder_lr_mult"] == 0.25 and r["emb_std"] == 0.02 and r["pos_std"] == 0.02 and [x["kind"] for x in r["runs"]] == ["pretrained dense", "scratch dense"]
     emb = load_encoder_file(tmp_path / "moe_course_experts_carry" / "experts_carry_tiny" / "dense")[0]["embedding.tok_emb.weight"]
     assert 0.01 < emb.std().item() < 0.05            # from N(0, 0.02^2); 2 AdamW steps at lr 3e-3 move a weight <= ~0.006
     pos = load_encoder_file(tmp_path / "moe_course_experts_carry" / "experts_carry_tiny" / "dense")[0]["embedding.pos_emb.weight"]
@@ -239,3 +239,10 @@ def test_experts_carry_script_pos_std_needs_emb_std(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "experiments/experts_carry.py"), "--preset", "tiny", "--pos-std", "0.02",
                         "--out", str(tmp_path / "e.json")], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 2 and "--pos-std needs --emb-std" in r.stderr and not (tmp_path / "e.json").exists()
+
+
+def test_experts_carry_script_bad_encoder_lr_mult(tmp_path):
+    "A multiplier <= 0 is refused before any work, with no record written."
+    r = subprocess.run([sys.executable, str(ROOT / "experiments/experts_carry.py"), "--preset", "tiny", "--encoder-lr-mult", "0",
+                        "--out", str(tmp_path / "e.json")], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "--encoder-lr-mult must be > 0" in r.stderr and not (tmp_path / "e.json").exists()

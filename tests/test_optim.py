@@ -46,3 +46,44 @@ def test_last_step_shrinks_like_one_over_length_squared():
 def test_no_warmup_starts_at_the_peak():
     assert warmup_cosine(0, 100, 0) == 1.0
     assert _lrs(1, 20, 0.0, lr=1.0)[0] == pytest.approx(1.0)
+
+
+def _head_first(name): return 1.0 if name.startswith("head.") else 0.25
+
+
+def test_lr_mult_default_keeps_the_two_groups():
+    "Without lr_mult: one decay group and one no-decay group at cfg.lr, every trainable parameter once."
+    m, cfg = TinyTextClassifier(), get_config("quick", lr=3e-3)
+    opt = make_optimizer(m, cfg)
+    assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(3e-3, cfg.weight_decay), (3e-3, 0.0)]
+    assert sorted(id(p) for g in opt.param_groups for p in g["params"]) == sorted(id(p) for p in m.parameters())
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "plateau"])
+def test_lr_mult_ratio_holds_through_the_schedule(scheduler):
+    "Each group keeps its multiple of the head's rate at every step, whichever schedule runs."
+    cfg = get_config("quick", lr=1e-2, scheduler=scheduler, epochs=2, warmup_frac=0.25, plateau_patience=0)
+    opt = make_optimizer(TinyTextClassifier(), cfg, lr_mult=_head_first)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-2, 1e-2, 2.5e-3])
+    sch = make_scheduler(opt, cfg, steps_per_epoch=4)
+    for epoch in range(2):
+        for _ in range(4):
+            lrs = [g["lr"] for g in opt.param_groups]
+            assert lrs[2] == pytest.approx(0.25 * lrs[0]) and lrs[1] == lrs[0] > 0
+            opt.step()
+            if scheduler == "cosine": sch.step()
+        if scheduler == "plateau": sch.step(1.0)            # a loss that never improves: the rate halves
+    if scheduler == "plateau": assert opt.param_groups[0]["lr"] < 1e-2
+
+
+def test_discriminative_lr_moves_the_encoder_less():
+    "A tiny multiplier leaves the encoder (the embedding) almost where it was while the head trains at the full rate."
+    from moe_course.experts_carry import DiscriminativeLR
+    from moe_course.learner import Learner
+    from moe_course.optim import synthetic_loaders
+    torch.manual_seed(0); m = TinyTextClassifier()
+    emb, head = m.tok_emb.weight.detach().clone(), m.head.weight.detach().clone()
+    cfg = get_config("quick", lr=1e-2, epochs=1, scheduler="cosine", progress=False, checkpoint=False)
+    Learner(m, synthetic_loaders(), cfg, cbs=[DiscriminativeLR(1e-6)]).fit()
+    assert (m.tok_emb.weight - emb).abs().max() < 1e-4 < (m.head.weight - head).abs().max()
+    with pytest.raises(ValueError, match="mult must be > 0"): DiscriminativeLR(-1.0)
