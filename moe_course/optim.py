@@ -81,13 +81,12 @@ def compute_loss(out, labels, cfg: TrainConfig):
 # %% ../nbs/10_optim.ipynb #2a83be8a
 def make_optimizer(model: nn.Module, cfg: TrainConfig, lr_mult=None):
     "AdamW with weight decay on parameters with >= 2 dims; `lr_mult(name)` scales `cfg.lr` per parameter (groups: largest first)."
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    mult = lr_mult or (lambda name: 1.0)
+    named = [(float(lr_mult(n)) if lr_mult else 1.0, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = []
-    for m in sorted({float(mult(n)) for n, _ in named} or {1.0}, reverse=True):   # group 0 runs at cfg.lr when any does
+    for m in sorted({m for m, _ in named} or {1.0}, reverse=True):   # group 0 runs at cfg.lr when any does
         # eta_group = m * eta: the schedulers scale each group from its own start, so the ratio holds all run long
         for decay in (True, False):
-            ps = [p for n, p in named if float(mult(n)) == m and (p.ndim >= 2) == decay]
+            ps = [p for mp, p in named if mp == m and (p.ndim >= 2) == decay]
             if ps or lr_mult is None: groups.append(dict(params=ps, weight_decay=cfg.weight_decay if decay else 0.0, lr=m * cfg.lr))
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
